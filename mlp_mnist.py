@@ -262,9 +262,11 @@ def train_epoch(params, images, labels, key, lr, batch_size):
     """One pass over the training set as one call: shuffle with `key`, cut into
     full batches (the last, partial one is dropped), and run `update` on each in
     a lax.scan, which compiles the loop itself. Only the batch in hand is turned
-    into floats, and the losses stay on the device: the mean comes back once."""
+    into floats, and the losses stay on the device: their mean comes back once."""
     n_batches = len(labels) // batch_size
-    order = random.permutation(key, len(labels))[:n_batches * batch_size]
+    # A random order is an argsort of random keys: one sort, where random.permutation
+    # sorts twice to rule out ties, which here would only keep two images in order.
+    order = jnp.argsort(random.bits(key, (len(labels),)))[:n_batches * batch_size]
 
     def step(params, batch):
         return update(params, scale(images[batch]), labels[batch], lr)
@@ -287,13 +289,14 @@ def train(data, sizes, seed=SEED, epochs=EPOCHS, lr=LR, batch_size=BATCH_SIZE):
     whole training set and on every test image, and prints one line. Returns the
     trained params; raises FloatingPointError if the loss stops being finite."""
     train_images, train_labels, test_images, test_labels = (jax.device_put(a) for a in data)
-    init_key, shuffle_key = random.split(random.PRNGKey(seed))
-    params = initialize_weights(sizes, init_key)
+    key, init_key = random.split(random.PRNGKey(seed))
+    # jit compiles the initialization as one program, not call by call; sizes is static
+    params = jit(initialize_weights, static_argnums=0)(tuple(sizes), init_key)
     started = time.perf_counter()
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
-        params, loss = train_epoch(params, train_images, train_labels,
-                                   random.fold_in(shuffle_key, epoch), lr, batch_size)
+        key, epoch_key = random.split(key)  # a fresh key for this epoch's shuffle
+        params, loss = train_epoch(params, train_images, train_labels, epoch_key, lr, batch_size)
         loss = float(loss)  # waits for the epoch to finish
         epoch_time = time.perf_counter() - start
         if not math.isfinite(loss):
