@@ -34,6 +34,7 @@ MIRRORS = {  # tried in order; each file is <mirror><name>.gz
     "fashion": ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
                 "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/"),
 }
+FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 SHA256 = {  # of the decompressed IDX files, so any good copy verifies, gzipped or not
     "mnist": {
         "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
@@ -82,7 +83,9 @@ def verified(raw, sha256):
         raise ValueError(f"damaged gzip data ({e})") from None
     digest = hashlib.sha256(data).hexdigest()
     if digest != sha256:
-        raise ValueError(f"SHA-256 is {digest}, expected {sha256}")
+        known = [f"{d}'s {n}" for d, files in SHA256.items() for n, h in files.items() if h == digest]
+        raise ValueError(f"it holds {known[0]} (is --dataset right?)" if known
+                         else f"SHA-256 is {digest}, expected {sha256}")
     return data
 
 
@@ -131,7 +134,7 @@ def fetch(name, folder, mirrors, sha256):
         return data
     raise DataError(
         f"Could not get {name}.gz from any mirror:\n" + "\n".join(tried) + "\n"
-        f"If this machine is offline, fetch the four files ({', '.join(n + '.gz' for n in SHA256['mnist'])}) "
+        f"If this machine is offline, fetch the four files ({', '.join(n + '.gz' for n in FILES)}) "
         f"from one of these mirrors on a machine that is online, copy them into a folder here, and run "
         f"again with --data-dir FOLDER (or set {DATA_DIR_ENV}). Gzipped or not, they are checked "
         f"against known SHA-256 sums before use.")
@@ -169,16 +172,11 @@ def load_mnist(dataset="mnist", data_dir=None):
     Images are (N, 784) uint8, 0-255 as stored: a quarter of the memory of
     float32. The training loop scales them to [0, 1] on the device."""
     folder = data_dir or default_data_dir(dataset)
-    arrays = []
-    for split in ("train", "t10k"):
-        pair = []
-        for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"):
-            name = f"{split}-{kind}"
-            pair.append(parse_idx(fetch(name, folder, MIRRORS[dataset], SHA256[dataset][name]), name))
-        if len(pair[0]) != len(pair[1]):
-            raise DataError(f"{folder}: {split}-images holds {len(pair[0])} images "
-                            f"but {split}-labels holds {len(pair[1])} labels")
-        arrays += pair
+    arrays = [parse_idx(fetch(name, folder, MIRRORS[dataset], SHA256[dataset][name]), name) for name in FILES]
+    for split, images, labels in (("train", *arrays[:2]), ("t10k", *arrays[2:])):
+        if len(images) != len(labels):
+            raise DataError(f"{folder}: {split}-images holds {len(images)} images "
+                            f"but {split}-labels holds {len(labels)} labels")
     return arrays
 
 

@@ -143,16 +143,19 @@ def test_update_is_one_sgd_step():
 # ---------------------------------------------------------------------------
 
 def test_loss_is_finite_and_right_for_logits_near_1e3():
-    biases = jnp.array([1000.0, 1001, 1002, 1003, 1004, 1005, 1006, 1007, 1008, 1009])
+    biases = jnp.array([1000.0, 1001, 1002, 1003, 1004, 1005, 1006, 1007, 1008, 0])
     params = [(jnp.zeros((784, 10)), biases)]  # one layer: the logits are the biases
     X, y = jnp.ones((2, 784)), jnp.array([0, 9])
     loss = float(m.cross_entropy_loss(params, X, y))
     b = np.asarray(biases, np.float64)
     logsumexp = b.max() + np.log(np.exp(b - b.max()).sum())
-    assert loss == pytest.approx(np.mean([logsumexp - b[0], logsumexp - b[9]]), rel=1e-5)
-    # why log_softmax: exp(1000) overflows float32, so softmax-then-log gives nan
+    assert loss == pytest.approx(np.mean([logsumexp - b[0], logsumexp - b[9]]), rel=1e-6)
+    # why log_softmax: exp(1000) overflows float32, so softmax computed as written
+    # is inf / inf = nan; and even a max-shifted softmax gives p = exp(-1008) = 0
+    # for label 9, whose log is -inf
     logits = m.forward(params, X)
-    assert not np.isfinite(-jnp.log(jnp.exp(logits) / jnp.exp(logits).sum(1, keepdims=True))).all()
+    assert np.isnan(jnp.exp(logits) / jnp.exp(logits).sum(1, keepdims=True)).any()
+    assert np.isinf(jnp.log(jax.nn.softmax(logits))[:, 9]).all()
 
 
 def test_uniform_logits_give_log_10():
@@ -415,6 +418,15 @@ def test_a_damaged_cached_file_is_reported_and_fetched_again(tiny, tmp_path, ser
     assert server.requests == ["/m/train-labels-idx1-ubyte.gz"]
     assert "train-labels-idx1-ubyte.gz is unusable: damaged gzip data" in capsys.readouterr().err
     assert gzip.decompress(damaged.read_bytes()) == tiny["train-labels-idx1-ubyte"]
+
+
+def test_another_datasets_file_is_named_as_such(tiny, tmp_path, monkeypatch, capsys):
+    folder = write_folder(tmp_path / "d", tiny)
+    monkeypatch.setitem(m.SHA256, "other", {n: hashlib.sha256(b"other" + d).hexdigest() for n, d in tiny.items()})
+    monkeypatch.setitem(m.MIRRORS, "other", ())
+    with pytest.raises(m.DataError, match="Could not get train-images-idx3-ubyte.gz"):
+        m.load_mnist("other", str(folder))
+    assert "it holds tiny's train-images-idx3-ubyte (is --dataset right?)" in capsys.readouterr().err
 
 
 def unused_port():
