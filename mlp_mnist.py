@@ -162,7 +162,7 @@ def parse_idx(data, name):
                         f"but the file holds {len(data) - header} bytes after it")
     array = np.frombuffer(data, np.uint8, offset=header).reshape(shape)
     if not images and count and array.max() > 9:
-        raise DataError(f"{name}: label {array.max()} is not a digit 0-9")
+        raise DataError(f"{name}: label {array.max()} is not a class 0-9")
     return array if images else array.astype(np.int32)
 
 
@@ -319,7 +319,7 @@ def positive(kind):
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a{'n integer' if kind is int else ' number'}")
         if not (math.isfinite(value) and value > 0):
-            raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+            raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text}")
         return value
     return parse
 
