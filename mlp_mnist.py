@@ -214,9 +214,10 @@ def forward(params, X):
 
 def cross_entropy_loss(params, X, y):
     """Mean of -log p(true label). log_softmax computes logits - logsumexp(logits)
-    with the largest logit subtracted first, so logits near 1e3 stay finite where
-    log(softmax(logits)) overflows exp() and returns nan. Labels y are integers,
-    used as indices: no one-hot matrix is built."""
+    with the largest logit subtracted first, so it is exact for logits near 1e3,
+    where exp() overflows, and for a true label far below the rest, whose softmax
+    underflows to 0 and whose log would be -inf. Labels y are integers, used as
+    indices: no one-hot matrix is built."""
     log_probs = log_softmax(forward(params, X))
     return -jnp.mean(log_probs[jnp.arange(len(y)), y])
 
