@@ -142,7 +142,7 @@ def test_forward_loss_and_update_shapes():
 def test_update_is_one_sgd_step_with_the_articles_default_lr():
     params = m.initialize_weights([784, 16, 10], random.key(0))
     X, y = random.uniform(random.key(1), (8, 784)), jnp.arange(8)
-    grads = jax.grad(m.cross_entropy_loss)(params, X, y)
+    grads = jax.jit(jax.grad(m.cross_entropy_loss))(params, X, y)
     for lr, new_params in [(0.5, m.update(params, X, y, 0.5)[0]), (0.01, m.update(params, X, y)[0])]:
         for p, g, new in zip(*(jax.tree.leaves(t) for t in (params, grads, new_params))):
             np.testing.assert_allclose(new, p - lr * g, rtol=1e-5, atol=1e-7)
@@ -631,10 +631,10 @@ def test_a_network_too_large_for_memory_exits_1_at_once(tiny, tmp_path, capsys):
     folder = write_folder(tmp_path / "d", tiny)
     start = time.monotonic()
     # its third weight matrix, 2**40 float32s, is 4 TiB; what comes before and after it is small
-    assert m.main(["--dataset", "tiny", "--data-dir", str(folder), "--hidden", "8", "1048576", "1048576"]) == 1
+    assert m.main(["--dataset", "tiny", "--data-dir", str(folder), "--hidden", "1", "1048576", "1048576", "1"]) == 1
     assert time.monotonic() - start < 10
     err = capsys.readouterr().err
-    assert err.startswith("error: the network [784, 8, 1048576, 1048576, 10] does not fit in memory")
+    assert err.startswith("error: the network [784, 1, 1048576, 1048576, 1, 10] does not fit in memory")
 
 
 def test_no_mirror_reachable_exits_1_with_a_message(tiny, tmp_path, monkeypatch, capsys):
@@ -664,7 +664,7 @@ def test_ctrl_c_exits_130_with_one_line(monkeypatch, capsys):
 
 def env_for_script(home, **extra):
     env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
-    env.update(HOME=str(home), XDG_CACHE_HOME=str(home / ".cache"), **extra)
+    env.update({"HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache"), **extra})
     env.pop("JAX_COMPILATION_CACHE_DIR", None)
     env.pop(m.DATA_DIR_ENV, None)
     return env
@@ -735,15 +735,18 @@ def test_a_closed_pipe_ends_the_run_quietly(run_tiny, tmp_path):
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
-def test_a_full_disk_on_stdout_is_a_message_and_exit_1(run_tiny, tmp_path):
+def test_a_full_disk_on_stdout_is_one_message_and_a_cache_folder_that_cant_be_made_none(run_tiny, tmp_path):
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")  # XDG_CACHE_HOME below a file: the compilation cache's folder can't be made
     with open("/dev/full", "w") as full:
         proc = run_tiny(["--epochs", "1", "--hidden", "8"], stdout=full, stderr=subprocess.PIPE,
-                        env=env_for_script(tmp_path))
+                        env=env_for_script(tmp_path, XDG_CACHE_HOME=str(blocked / "cache")))
         err = proc.stderr.read().decode()
-    assert proc.wait(60) == 1 and err.startswith("error: could not write the output") and "Traceback" not in err
+    assert proc.wait(60) == 1
+    assert err == "error: could not write the output ([Errno 28] No space left on device)\n"
 
 
-def test_a_second_run_compiles_nothing_and_an_unwritable_cache_is_ignored(run_tiny, tmp_path):
+def test_a_second_run_compiles_nothing(run_tiny, tmp_path):
     env = env_for_script(tmp_path, JAX_LOG_COMPILES="1")  # JAX then logs each compile, and each cache hit
     runs = []
     for _ in range(2):
@@ -757,8 +760,3 @@ def test_a_second_run_compiles_nothing_and_an_unwritable_cache_is_ignored(run_ti
     assert "Persistent compilation cache hit for 'jit_train_epoch'" in runs[1][2]
     assert hits[1] == compiles[1] == compiles[0]  # the second run found every program in the cache
     assert any(n.startswith("jit_train_epoch") for n in os.listdir(tmp_path / ".cache" / "mlp_mnist" / "jax"))
-    blocked = tmp_path / "a-file"
-    blocked.write_text("")  # XDG_CACHE_HOME below a file: the cache folder can't be made
-    proc = run_tiny(["--epochs", "1", "--hidden", "8"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                    env=dict(env, XDG_CACHE_HOME=str(blocked / "cache"), JAX_LOG_COMPILES="0"))
-    assert proc.wait(60) == 0 and proc.stderr.read() == b""
