@@ -2,27 +2,28 @@
 
     pip install -r requirements.txt && python mlp_mnist.py
 
-The program of part 3 of "Up and Running with JAX", with its names: cross-entropy on log_softmax,
-gradients from jax.value_and_grad, a jitted SGD `update`, 25 epochs at lr 0.01 and batch 64. The
-model comes first, the data and main() last. Importing the file only defines things.
-"""
+Part 3 of "Up and Running with JAX", with its names: cross-entropy on log_softmax, gradients from
+jax.value_and_grad, a jitted SGD `update`, 25 epochs at lr 0.01 and batch 64. The model comes first,
+the data and main() last; importing the file only defines things."""
+import os
+import signal
+import sys
+
+if __name__ == "__main__":  # Ctrl-C or SIGTERM while the imports run (JAX's take a second): a word, not a traceback
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: (os.write(2, b"Interrupted.\n"), os._exit(130)))
+
 import argparse
 import gzip
 import hashlib
 import http.client
 import io
-import os
-import signal
-import sys
 import tempfile
 import threading
 import time
 import urllib.request
 import zlib
 from functools import partial
-
-if __name__ == "__main__":  # Ctrl-C while JAX is still importing: one word, not a traceback
-    signal.signal(signal.SIGINT, lambda signum, frame: (os.write(2, b"Interrupted.\n"), os._exit(130)))
 
 import numpy as np
 import jax
@@ -45,8 +46,7 @@ def initialize_weights(sizes, key, scale=0.02):
     return params
 
 def forward(params, X):
-    """Logits (batch, 10) for images X (batch, 784) in [0, 1]: ReLU after every layer but the
-    last, whose raw scores the loss turns into log-probabilities."""
+    """Logits (batch, 10) for images X (batch, 784) in [0, 1]: ReLU after every layer but the last."""
     activations = X
     for W, b in params[:-1]:
         activations = relu(activations @ W + b)
@@ -66,11 +66,11 @@ def cross_entropy_loss(params, X, y):
 # --- Update: one step of stochastic gradient descent ----------------------------
 @jit
 def update(params, X, y, lr=0.01):
-    """One SGD step; returns (new params, loss). value_and_grad gives the loss and the gradient for
-    every array in `params` in one forward and backward pass; jax.tree.map (the article's tree_map)
-    applies p - lr * g to each. jit traces the function once per input signature (shapes, dtypes,
-    structure) and compiles the trace; as the function is pure (no side effects, nothing changed in
-    place), replaying the compiled trace computes what the Python would, up to rounding."""
+    """One SGD step; returns (new params, loss). value_and_grad gives the loss and the gradient for every
+    array in `params` in one forward and backward pass; jax.tree.map (the article's tree_map) applies
+    p - lr * g to each. jit traces the function once per input signature (shapes, dtypes, structure) and
+    compiles the trace; as the function is pure, replaying the trace computes what the Python would,
+    up to rounding."""
     loss, grads = value_and_grad(cross_entropy_loss)(params, X, y)
     return jax.tree.map(lambda p, g: p - lr * g, params, grads), loss
 
@@ -101,8 +101,8 @@ def train_epoch(params, images, labels, key, lr, batch_size):
 
 @jit
 def evaluate(params, splits):
-    """Accuracy on each (images, labels) pair in `splits`, in one compiled call; lax.map runs forward
-    on EVAL_BATCH images at a time, so no float copy is larger than that."""
+    """Accuracy on each (images, labels) pair in `splits`, in one compiled call; lax.map runs forward on
+    EVAL_BATCH images at a time, so no float copy is larger than that."""
     return [accuracy(lax.map(lambda x: forward(params, as_floats(x)), images, batch_size=EVAL_BATCH), labels)
             for images, labels in splits]
 
@@ -171,17 +171,15 @@ def verified(raw, dataset, name):
         raise ValueError("it holds %s's %s (is --dataset right?)" % found if found else "its SHA-256 is wrong")
     return data
 
-class Redirects(urllib.request.HTTPRedirectHandler):
-    """Follows a redirect only to http or https; urllib's own follows ftp too."""
+class Redirects(urllib.request.HTTPRedirectHandler):  # follows only http and https; urllib's own, ftp too
     def redirect_request(self, req, fp, code, msg, headers, newurl):
         if not newurl.lower().startswith(("http://", "https://")):
             raise OSError(f"a redirect to {newurl} is refused")
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 def download(url, limit):
-    """The body at `url`, if it is at most `limit` bytes and all of it comes within DEADLINE seconds.
-    It is read in a thread, so the deadline holds even while a server trickles its headers; a thread
-    that overruns is a daemon, left to end with its network call or with the program."""
+    """The body at `url` if it is at most `limit` bytes and comes within DEADLINE s. A thread reads it, so
+    the deadline holds even when headers trickle; one that overruns is a daemon, left to end by itself."""
     answer, give_up = [], time.monotonic() + DEADLINE
     def get():
         try:
@@ -194,8 +192,7 @@ def download(url, limit):
             answer.append(bytes(body))
         except Exception as e:  # handed over: fetch tells a failed mirror from a bug
             answer.append(e)
-    worker = threading.Thread(target=get, daemon=True)
-    worker.start()
+    (worker := threading.Thread(target=get, daemon=True)).start()
     worker.join(DEADLINE)
     if not answer or time.monotonic() >= give_up:
         raise TimeoutError(f"no complete answer within {DEADLINE} s")
@@ -204,20 +201,21 @@ def download(url, limit):
     return answer[0]
 
 def save(raw, path):
-    """Write `raw` to a new file beside `path` (made with O_EXCL, which fails rather than follow a
-    planted symlink), then rename it into place: atomic, so no one sees a half-written file."""
+    """Write `raw` to a new file beside `path` (O_EXCL: no planted symlink can redirect it), then
+    rename it into place, atomically: no one ever sees a half-written file."""
     fd, part = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".part")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(raw)
+        os.chmod(part, 0o644)  # mkstemp makes it private; it is public data, readable by all
         os.replace(part, path)
     except BaseException:  # Ctrl-C and SIGTERM included
         os.remove(part)
         raise
 
-def fetch(dataset, name, folder):
+def fetch(dataset, name, folder, mirrors):
     """Verified bytes of the IDX file `name`: a copy in `folder`, gzipped or not, else the first good
-    one a mirror serves, saved there. A file in `folder` that fails the check is never replaced."""
+    one in `mirrors`, saved there. A file in `folder` that fails the check is never replaced."""
     for path in (os.path.join(folder, name + ".gz"), os.path.join(folder, name)):
         if os.path.lexists(path):
             try:
@@ -229,12 +227,13 @@ def fetch(dataset, name, folder):
                 raise DataError(f"{path} is unusable: {e}. It was left as it is; if it is a damaged copy, "
                                 f"delete it and run again to download a good one.") from None
     tried = []
-    for mirror in MIRRORS[dataset]:
+    for mirror in list(mirrors):
         try:
             raw = download(mirror + name + ".gz", ceiling(name))
             data = verified(raw, dataset, name)
-        except (OSError, http.client.HTTPException, ValueError) as e:  # OSError: HTTP, network, timeout
+        except (OSError, http.client.HTTPException, ValueError, OverflowError) as e:  # OSError: HTTP, network
             tried.append(f"  {mirror}{name}.gz: {e}")
+            mirrors.append(mirrors.pop(mirrors.index(mirror)))  # tried last for the next file
             continue
         print(f"Downloaded {name}.gz from {mirror} ({len(raw) / 1e6:.1f} MB)", file=sys.stderr)
         try:
@@ -249,8 +248,7 @@ def fetch(dataset, name, folder):
                     f"that is online, copy them into a folder here and run again with --data-dir FOLDER.")
 
 def cache_home(*parts):
-    """A folder in $XDG_CACHE_HOME/mlp_mnist if that is absolute (the XDG spec says to ignore a
-    relative one), else in ~/.cache/mlp_mnist; None when no absolute home folder is known."""
+    """A folder in $XDG_CACHE_HOME/mlp_mnist (ignored if relative, as XDG says) or ~/.cache/mlp_mnist."""
     cache = os.environ.get("XDG_CACHE_HOME", "")
     cache = cache if os.path.isabs(cache) else os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(cache, "mlp_mnist", *parts) if os.path.isabs(cache) else None
@@ -261,9 +259,9 @@ def load_mnist(dataset="mnist", data_dir=None):
     folder = data_dir or os.environ.get(DATA_DIR_ENV) or cache_home(dataset)
     if not folder:
         raise DataError("No folder for the data: there is no home folder. Choose one with --data-dir.")
-    arrays = []
+    arrays, mirrors = [], list(MIRRORS[dataset])
     for name in FILES:  # each verified, so the IDX header's sizes are known: the data follow it
-        data = np.frombuffer(fetch(dataset, name, folder), np.uint8, offset=16 if "images" in name else 8)
+        data = np.frombuffer(fetch(dataset, name, folder, mirrors), np.uint8, offset=16 if "images" in name else 8)
         arrays.append(data.reshape(-1, 784) if "images" in name else data.astype(np.int32))
     return arrays
 
@@ -337,4 +335,6 @@ def main(argv=None):
 if __name__ == "__main__":
     signal.signal(signal.SIGINT, signal.default_int_handler)   # from here Ctrl-C and SIGTERM unwind,
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # so cleanup runs: exit 130
-    sys.exit(main())
+    status = main()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not break JAX's cleanup at exit
+    sys.exit(status)

@@ -453,6 +453,7 @@ def test_download_skips_a_403_mirror_verifies_and_caches(tiny, tmp_path, server,
     assert len(arrays[0]) == 256
     assert sorted(os.listdir(folder)) == sorted(n + ".gz" for n in tiny)
     assert all((folder / n).is_file() and not (folder / n).is_symlink() for n in os.listdir(folder))
+    assert all((folder / n).stat().st_mode & 0o777 == 0o644 for n in os.listdir(folder))  # others can read
     assert capsys.readouterr().err.count("Downloaded") == 4
     server.requests.clear()
     m.load_mnist("tiny", str(folder))  # second run: from the cache, silently
@@ -470,6 +471,7 @@ BAD_MIRRORS = {  # name -> what the bad mirror does with a file's gzipped body
     "trickle-body": lambda data, body: ("trickle-body", body),
     "bogus-status": lambda data, body: ("bogus", None),                     # an http.client error
     "redirect-to-ftp": lambda data, body: ("redirect", "ftp://127.0.0.1/file.gz"),
+    "redirect-to-no-port": lambda data, body: ("redirect", "http://127.0.0.1:99999999999999999999/"),
 }
 
 
@@ -485,7 +487,9 @@ def test_a_bad_mirror_is_rejected_and_the_next_one_used(behaviour, tiny, tmp_pat
     arrays = m.load_mnist("tiny", str(folder))
     assert time.monotonic() - start < 0.5 + 2  # a deadline at most, and a little more
     np.testing.assert_array_equal(arrays[1], synthetic(256, 0)[1])
-    assert [p for p in server.requests if p.startswith("/good/")] == [f"/good/{labels}.gz"]
+    # the bad mirror, having failed, is asked last for the files after that one
+    assert [p for p in server.requests if p.startswith("/good/")] == [f"/good/{n}.gz" for n in m.FILES[1:]]
+    assert [p for p in server.requests if p.startswith("/bad/")] == [f"/bad/{n}.gz" for n in m.FILES[:2]]
     assert sorted(os.listdir(folder)) == sorted(n + ".gz" for n in tiny)
 
 
@@ -680,13 +684,14 @@ def test_the_script_exits_2_on_bad_usage_and_import_is_silent(tmp_path):
     assert os.listdir(tmp_path) == []  # nothing downloaded, nothing cached
 
 
-def test_ctrl_c_while_importing_says_interrupted_and_exits_130(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_an_interrupt_while_importing_says_interrupted_and_exits_130(sig, tmp_path):
     """A stand-in numpy that announces itself and then takes its time, as JAX's import does."""
     (tmp_path / "numpy.py").write_text("import sys, time\nprint('importing', flush=True)\ntime.sleep(30)\n")
     env = env_for_script(tmp_path, PYTHONPATH=str(tmp_path))
     proc = subprocess.Popen([sys.executable, SCRIPT], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     assert proc.stdout.readline() == b"importing\n"
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     assert proc.wait(10) == 130 and proc.stderr.read() == b"Interrupted.\n"
 
 
