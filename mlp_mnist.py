@@ -214,8 +214,8 @@ def save(raw, path):
         raise
 
 def fetch(dataset, name, folder, mirrors):
-    """Verified bytes of the IDX file `name`: a copy in `folder`, gzipped or not, else the first good
-    one in `mirrors`, saved there. A file in `folder` that fails the check is never replaced."""
+    """Verified bytes of the IDX file `name`: a copy in `folder`, gzipped or not, else the first good one
+    in `mirrors` (which a failed mirror leaves for its end), saved there. A bad file there is never replaced."""
     for path in (os.path.join(folder, name + ".gz"), os.path.join(folder, name)):
         if os.path.lexists(path):
             try:
@@ -233,7 +233,7 @@ def fetch(dataset, name, folder, mirrors):
             data = verified(raw, dataset, name)
         except (OSError, http.client.HTTPException, ValueError, OverflowError) as e:  # OSError: HTTP, network
             tried.append(f"  {mirror}{name}.gz: {e}")
-            mirrors.append(mirrors.pop(mirrors.index(mirror)))  # tried last for the next file
+            mirrors.append(mirrors.pop(mirrors.index(mirror)))  # asked last for the files after this one
             continue
         print(f"Downloaded {name}.gz from {mirror} ({len(raw) / 1e6:.1f} MB)", file=sys.stderr)
         try:
