@@ -5,6 +5,7 @@
 Part 3 of "Up and Running with JAX", with its names: cross-entropy on log_softmax, gradients from
 jax.value_and_grad, a jitted SGD `update`, 25 epochs at lr 0.01 and batch 64. The model comes first,
 the data and main() last; importing the file only defines things."""
+
 import os
 import signal
 import sys
@@ -25,9 +26,9 @@ import urllib.request
 import zlib
 from functools import partial
 
-import numpy as np
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import jit, lax, random, value_and_grad
 from jax.nn import log_softmax, relu
 
@@ -44,6 +45,7 @@ def initialize_weights(sizes, key, scale=0.02):
         w_key, b_key = random.split(layer_key)
         params.append((scale * random.normal(w_key, (m, n)), scale * random.normal(b_key, (n,))))
     return params
+
 
 def forward(params, X):
     """Logits (batch, 10) for images X (batch, 784) in [0, 1]: ReLU after every layer but the last."""
@@ -87,24 +89,31 @@ def as_floats(images):
     images (the article's arrays) are in [0, 1] already."""
     return images.astype(jnp.float32) / (255 if jnp.issubdtype(images.dtype, jnp.integer) else 1)
 
+
 @partial(jit, static_argnames="batch_size")
 def train_epoch(params, images, labels, key, lr, batch_size):
     """One pass over the training set in one call: shuffle with `key`, cut into full batches (the
     last, partial one is dropped) and run `update` on each inside lax.scan, which compiles the loop
     itself. Only the batch in hand becomes floats; the losses stay on the device until their mean."""
     n_batches = len(labels) // batch_size
-    order = random.permutation(key, len(labels))[:n_batches * batch_size]
+    order = random.permutation(key, len(labels))[: n_batches * batch_size]
+
     def step(params, batch):
         return update(params, as_floats(images[batch]), labels[batch], lr)
+
     params, losses = lax.scan(step, params, order.reshape(n_batches, batch_size))
     return params, jnp.mean(losses)
+
 
 @jit
 def evaluate(params, splits):
     """Accuracy on each (images, labels) pair in `splits`, in one compiled call; lax.map runs forward on
     EVAL_BATCH images at a time, so no float copy is larger than that."""
-    return [accuracy(lax.map(lambda x: forward(params, as_floats(x)), images, batch_size=EVAL_BATCH), labels)
-            for images, labels in splits]
+    return [
+        accuracy(lax.map(lambda x: forward(params, as_floats(x)), images, batch_size=EVAL_BATCH), labels)
+        for images, labels in splits
+    ]
+
 
 def train(data, sizes, seed=SEED, epochs=EPOCHS, lr=LR, batch_size=BATCH_SIZE):
     """The article's loop: each epoch trains (timed), measures accuracy on all training and test
@@ -122,21 +131,27 @@ def train(data, sizes, seed=SEED, epochs=EPOCHS, lr=LR, batch_size=BATCH_SIZE):
         epoch_time = time.perf_counter() - start
         if not np.isfinite(loss):
             raise FloatingPointError(f"the loss became {loss} in epoch {epoch}")
-        train_acc, valid_acc = map(float, evaluate(params, [(train_images, train_labels),
-                                                            (test_images, test_labels)]))
+        train_acc, valid_acc = map(float, evaluate(params, [(train_images, train_labels), (test_images, test_labels)]))
         results.append((epoch, loss, train_acc, valid_acc, epoch_time))
-        print(f"Epoch {epoch}/{epochs}: loss: {loss:.4f}, train acc.: {train_acc:.3f}, "
-              f"valid acc.: {valid_acc:.3f}, time: {epoch_time:.2f} sec.", flush=True)
+        print(
+            f"Epoch {epoch}/{epochs}: loss: {loss:.4f}, train acc.: {train_acc:.3f}, "
+            f"valid acc.: {valid_acc:.3f}, time: {epoch_time:.2f} sec.",
+            flush=True,
+        )
     return params, results
 
 
 # --- Data: the four IDX files, downloaded once, verified, cached ----------------
 MIRRORS = {  # tried in order, HTTPS first; each file is <mirror><name>.gz
-    "mnist": ("https://ossci-datasets.s3.amazonaws.com/mnist/",
-              "https://storage.googleapis.com/cvdf-datasets/mnist/",
-              "http://yann.lecun.com/exdb/mnist/"),
-    "fashion": ("https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
-                "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"),
+    "mnist": (
+        "https://ossci-datasets.s3.amazonaws.com/mnist/",
+        "https://storage.googleapis.com/cvdf-datasets/mnist/",
+        "http://yann.lecun.com/exdb/mnist/",
+    ),
+    "fashion": (
+        "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
+        "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+    ),
 }
 FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 SHA256 = {  # of the decompressed files, so that any good copy verifies, gzipped or not
@@ -149,17 +164,20 @@ SHA256 = {  # of the decompressed files, so that any good copy verifies, gzipped
     "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b": ("fashion", FILES[2]),
     "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34": ("fashion", FILES[3]),
 }
-N_TRAIN, N_TEST = 60_000, 10_000     # images in each dataset's two parts
-DEADLINE = 30                        # seconds for a whole download, from the request to the last byte
+N_TRAIN, N_TEST = 60_000, 10_000  # images in each dataset's two parts
+DEADLINE = 30  # seconds for a whole download, from the request to the last byte
 DATA_DIR_ENV = "MLP_MNIST_DATA_DIR"  # the data folder, when --data-dir is not given
+
 
 class DataError(Exception):
     """A problem with the data that the user can fix: main() prints it, no traceback."""
+
 
 def ceiling(name):
     """A bound on a good copy of `name`: IDX header, a byte per pixel or label, room for gzip."""
     n = N_TRAIN if name.startswith("train") else N_TEST
     return (16 + 784 * n if "images" in name else 8 + n) * 101 // 100 + 65536
+
 
 def verified(raw, dataset, name):
     """The IDX bytes in `raw`, gunzipped if gzip, if they are `dataset`'s file `name`; else ValueError."""
@@ -171,16 +189,19 @@ def verified(raw, dataset, name):
         raise ValueError("it holds %s's %s (is --dataset right?)" % found if found else "its SHA-256 is wrong")
     return data
 
+
 class Redirects(urllib.request.HTTPRedirectHandler):  # follows only http and https; urllib's own, ftp too
     def redirect_request(self, req, fp, code, msg, headers, newurl):
         if not newurl.lower().startswith(("http://", "https://")):
             raise OSError(f"a redirect to {newurl} is refused")
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
+
 def download(url, limit):
     """The body at `url` if it is at most `limit` bytes and comes within DEADLINE s. A thread reads it, so
     the deadline holds even when headers trickle; one that overruns is a daemon, left to end by itself."""
     answer, give_up = [], time.monotonic() + DEADLINE
+
     def get():
         try:
             body = bytearray()
@@ -192,6 +213,7 @@ def download(url, limit):
             answer.append(bytes(body))
         except Exception as e:  # handed over: fetch tells a failed mirror from a bug
             answer.append(e)
+
     (worker := threading.Thread(target=get, daemon=True)).start()
     worker.join(DEADLINE)
     if not answer or time.monotonic() >= give_up:
@@ -199,6 +221,7 @@ def download(url, limit):
     if isinstance(answer[0], Exception):
         raise answer[0]
     return answer[0]
+
 
 def save(raw, path):
     """Write `raw` to a new file beside `path` (O_EXCL: no planted symlink can redirect it), then
@@ -213,6 +236,7 @@ def save(raw, path):
         os.remove(part)
         raise
 
+
 def fetch(dataset, name, folder, mirrors):
     """Verified bytes of the IDX file `name`: a copy in `folder`, gzipped or not, else the first good one
     in `mirrors` (which a failed mirror leaves for its end), saved there. A bad file there is never replaced."""
@@ -224,8 +248,10 @@ def fetch(dataset, name, folder, mirrors):
                 with open(path, "rb") as f:
                     return verified(f.read(ceiling(name) + 1), dataset, name)
             except (OSError, ValueError) as e:
-                raise DataError(f"{path} is unusable: {e}. It was left as it is; if it is a damaged copy, "
-                                f"delete it and run again to download a good one.") from None
+                raise DataError(
+                    f"{path} is unusable: {e}. It was left as it is; if it is a damaged copy, "
+                    f"delete it and run again to download a good one."
+                ) from None
     tried = []
     for mirror in list(mirrors):
         try:
@@ -240,18 +266,24 @@ def fetch(dataset, name, folder, mirrors):
             os.makedirs(folder, exist_ok=True)
             save(raw, os.path.join(folder, name + ".gz"))
         except OSError as e:
-            raise DataError(f"Downloaded {name}.gz but could not save it in {folder} ({e}). "
-                            f"Choose a folder you can write to with --data-dir.") from None
+            raise DataError(
+                f"Downloaded {name}.gz but could not save it in {folder} ({e}). "
+                f"Choose a folder you can write to with --data-dir."
+            ) from None
         return data
-    raise DataError(f"Could not get {name}.gz from any mirror:\n" + "\n".join(tried) + "\nIf this machine is "
-                    f"offline, fetch the four files ({', '.join(n + '.gz' for n in FILES)}) from a mirror on one "
-                    f"that is online, copy them into a folder here and run again with --data-dir FOLDER.")
+    raise DataError(
+        f"Could not get {name}.gz from any mirror:\n" + "\n".join(tried) + "\nIf this machine is "
+        f"offline, fetch the four files ({', '.join(n + '.gz' for n in FILES)}) from a mirror on one "
+        f"that is online, copy them into a folder here and run again with --data-dir FOLDER."
+    )
+
 
 def cache_home(*parts):
     """A folder in $XDG_CACHE_HOME/mlp_mnist (ignored if relative, as XDG says) or ~/.cache/mlp_mnist."""
     cache = os.environ.get("XDG_CACHE_HOME", "")
     cache = cache if os.path.isabs(cache) else os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(cache, "mlp_mnist", *parts) if os.path.isabs(cache) else None
+
 
 def load_mnist(dataset="mnist", data_dir=None):
     """(train_images, train_labels, test_images, test_labels) as NumPy arrays. Images are (N, 784)
@@ -280,8 +312,10 @@ def use_compilation_cache():
     except OSError:
         pass
 
+
 def number(kind, low, high):
     """An argparse type: a `kind` from `low` to `high`, or a usage error."""
+
     def parse(text):
         try:
             if low <= (value := kind(text)) <= high:  # never true for nan
@@ -289,13 +323,16 @@ def number(kind, low, high):
         except (ValueError, OverflowError):
             pass
         raise argparse.ArgumentTypeError(f"{text!r} is not {kind.__name__} from {low} to {high}")
+
     return parse
+
 
 def main(argv=None):
     """The command line. Errors a user can meet get a message and a status (1 failed, 2 usage, 130
     interrupted); a closed pipe (| head) ends the run quietly, with 1."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     add = parser.add_argument
     add("--dataset", choices=sorted(MIRRORS), default="mnist", help="fashion: Fashion-MNIST")
     add("--data-dir", help=f"holds or receives the four files; default ${DATA_DIR_ENV}, else a cache folder")
@@ -333,7 +370,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGINT, signal.default_int_handler)   # from here Ctrl-C and SIGTERM unwind,
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # from here Ctrl-C and SIGTERM unwind,
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # so cleanup runs: exit 130
     status = main()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not break JAX's cleanup at exit

@@ -5,6 +5,7 @@ the article's API, the data loader against loopback servers that misbehave, and 
 
 No network but 127.0.0.1: the mirrors are local HTTP servers, the data tiny IDX files written here.
 """
+
 import gzip
 import hashlib
 import http.server
@@ -20,10 +21,10 @@ import time
 import tracemalloc
 from types import SimpleNamespace
 
-import numpy as np
-import pytest
 import jax
 import jax.numpy as jnp
+import numpy as np
+import pytest
 from jax import random
 from jax.flatten_util import ravel_pytree
 
@@ -41,8 +42,7 @@ def isolated(monkeypatch, tmp_path_factory):
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("XDG_CACHE_HOME", str(home / ".cache"))
     monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(home / "unused"))
-    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY",
-                m.DATA_DIR_ENV):
+    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY", m.DATA_DIR_ENV):
         monkeypatch.delenv(var, raising=False)
     return home
 
@@ -50,6 +50,7 @@ def isolated(monkeypatch, tmp_path_factory):
 # ---------------------------------------------------------------------------
 # Gradients: what jax.grad computes, checked two ways, in float64.
 # ---------------------------------------------------------------------------
+
 
 def backward_by_hand(params, X, y):
     """The backward pass of cross_entropy_loss written out in NumPy.
@@ -90,8 +91,7 @@ def test_grad_matches_backward_pass_by_hand(sizes):
         params, X, y = small_problem(sizes)
         assert params[0][0].dtype == jnp.float64
         grads = jax.jit(jax.grad(m.cross_entropy_loss))(params, X, y)
-        by_hand = backward_by_hand([tuple(map(np.asarray, layer)) for layer in params],
-                                   np.asarray(X), np.asarray(y))
+        by_hand = backward_by_hand([tuple(map(np.asarray, layer)) for layer in params], np.asarray(X), np.asarray(y))
         for (dW, db), (dW_hand, db_hand) in zip(grads, by_hand):
             np.testing.assert_allclose(dW, dW_hand, rtol=1e-10, atol=1e-12)
             np.testing.assert_allclose(db, db_hand, rtol=1e-10, atol=1e-12)
@@ -105,8 +105,7 @@ def test_grad_matches_central_finite_differences(sizes):
         loss = jax.jit(lambda v: m.cross_entropy_loss(unflatten(v), X, y))
         eps = 1e-6
         # (loss(v + eps e_i) - loss(v - eps e_i)) / 2 eps, for every direction e_i at once
-        numeric = jax.vmap(lambda e: (loss(flat + eps * e) - loss(flat - eps * e)) / (2 * eps))(
-            jnp.eye(len(flat)))
+        numeric = jax.vmap(lambda e: (loss(flat + eps * e) - loss(flat - eps * e)) / (2 * eps))(jnp.eye(len(flat)))
         analytic = ravel_pytree(jax.jit(jax.grad(m.cross_entropy_loss))(params, X, y))[0]
         assert np.abs(analytic).max() > 1e-3  # a real gradient, not all zeros
         np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-8)
@@ -115,6 +114,7 @@ def test_grad_matches_central_finite_differences(sizes):
 # ---------------------------------------------------------------------------
 # Shapes, dtypes and the article's API
 # ---------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("sizes", [[784, 16, 10], [784, 10], [784, 32, 16, 10]])  # shapes the others reuse
 def test_initialize_weights_shapes_dtypes_and_scale(sizes):
@@ -152,6 +152,7 @@ def test_update_is_one_sgd_step_with_the_articles_default_lr():
 # Numerics
 # ---------------------------------------------------------------------------
 
+
 def test_loss_is_finite_and_right_for_logits_near_1e3():
     biases = jnp.array([1000.0, 1001, 1002, 1003, 1004, 1005, 1006, 1007, 1008, 0])
     params = [(jnp.zeros((784, 10)), biases)]  # one layer: the logits are the biases
@@ -184,22 +185,27 @@ def test_accuracy():
 # Learning, on a small synthetic set whose class decides which pixels are bright
 # ---------------------------------------------------------------------------
 
+
 def synthetic(n, seed):
     """n uint8 images (n, 784) and int32 labels; class c brightens pixels c*78 to c*78+77."""
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, 10, n).astype(np.int32)
     images = rng.integers(0, 60, (n, 784))
     for c in range(10):
-        images[labels == c, c * 78:(c + 1) * 78] += 190
+        images[labels == c, c * 78 : (c + 1) * 78] += 190
     return images.astype(np.uint8), labels
 
 
-@pytest.mark.parametrize("images, expected", [
-    (np.array([0, 51, 255], np.uint8), [0.0, 0.2, 1.0]),     # load_mnist's pixels: divided by 255
-    (np.array([0, 51, 255], np.int32), [0.0, 0.2, 1.0]),
-    (np.array([0.0, 0.2, 1.0], np.float32), [0.0, 0.2, 1.0]),  # the article's floats: left alone
-    (np.array([0.0, 0.2, 1.0], np.float64), [0.0, 0.2, 1.0]),
-], ids=["uint8", "int32", "float32", "float64"])
+@pytest.mark.parametrize(
+    "images, expected",
+    [
+        (np.array([0, 51, 255], np.uint8), [0.0, 0.2, 1.0]),  # load_mnist's pixels: divided by 255
+        (np.array([0, 51, 255], np.int32), [0.0, 0.2, 1.0]),
+        (np.array([0.0, 0.2, 1.0], np.float32), [0.0, 0.2, 1.0]),  # the article's floats: left alone
+        (np.array([0.0, 0.2, 1.0], np.float64), [0.0, 0.2, 1.0]),
+    ],
+    ids=["uint8", "int32", "float32", "float64"],
+)
 def test_as_floats_gives_float32_in_unit_interval(images, expected):
     scaled = m.as_floats(jnp.asarray(images))
     assert scaled.dtype == jnp.float32
@@ -216,7 +222,7 @@ def test_train_epoch_is_the_python_loop_over_update():
     order = np.asarray(random.permutation(key, 200))
     looped, losses = params, []
     for i in range(200 // 64):  # 3 full batches; the last 8 images are dropped
-        batch = order[i * 64:(i + 1) * 64]
+        batch = order[i * 64 : (i + 1) * 64]
         looped, loss = m.update(looped, images[batch] / np.float32(255), labels[batch], 0.05)
         losses.append(float(loss))
     assert float(mean_loss) == pytest.approx(np.mean(losses), rel=1e-5)
@@ -243,16 +249,20 @@ def test_training_lowers_the_loss_learns_and_keeps_the_articles_results(capsys):
     (valid_acc,) = m.evaluate(params, [(data[2], data[3])])
     assert float(valid_acc) > 0.95 and results[-1][3] == pytest.approx(float(valid_acc))
     lines = capsys.readouterr().out.splitlines()  # the article's line, one per epoch
-    assert lines[3] == (f"Epoch 4/4: loss: {losses[3]:.4f}, train acc.: {results[3][2]:.3f}, "
-                        f"valid acc.: {results[3][3]:.3f}, time: {results[3][4]:.2f} sec.")
+    assert lines[3] == (
+        f"Epoch 4/4: loss: {losses[3]:.4f}, train acc.: {results[3][2]:.3f}, "
+        f"valid acc.: {results[3][3]:.3f}, time: {results[3][4]:.2f} sec."
+    )
 
 
 def test_uint8_and_the_articles_float_images_train_the_same(capsys):
     train_images, train_labels = synthetic(256, 0)
     test_images, test_labels = synthetic(64, 1)
     floats = (train_images / np.float32(255), train_labels, test_images / np.float32(255), test_labels)
-    as_uint8, as_float = (m.train(data, [784, 16, 10], epochs=2, lr=0.1, batch_size=16)
-                          for data in [(train_images, train_labels, test_images, test_labels), floats])
+    as_uint8, as_float = (
+        m.train(data, [784, 16, 10], epochs=2, lr=0.1, batch_size=16)
+        for data in [(train_images, train_labels, test_images, test_labels), floats]
+    )
     for a, b in zip(jax.tree.leaves(as_uint8[0]), jax.tree.leaves(as_float[0])):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose([r[:4] for r in as_uint8[1]], [r[:4] for r in as_float[1]], rtol=1e-5)
@@ -271,6 +281,7 @@ def test_one_seed_gives_identical_parameters(capsys):
 
     def run(seed):
         return m.train(data, [784, 16, 10], seed=seed, epochs=2, lr=0.05, batch_size=32)[0]
+
     first, again, other = run(7), run(7), run(8)
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(again)))
     assert not np.array_equal(first[0][0], other[0][0])
@@ -279,6 +290,7 @@ def test_one_seed_gives_identical_parameters(capsys):
 # ---------------------------------------------------------------------------
 # Data: tiny IDX files, served by loopback HTTP servers standing in for the mirrors
 # ---------------------------------------------------------------------------
+
 
 def idx(array):
     """IDX bytes: magic (2051 images, 2049 labels), the dimensions, the uint8 payload."""
@@ -289,14 +301,19 @@ def idx(array):
 def tiny_files(n_train=256, n_test=100):
     """The four IDX files of a small learnable dataset, decompressed: {name: bytes}."""
     (xtr, ytr), (xte, yte) = synthetic(n_train, 0), synthetic(n_test, 1)
-    return {"train-images-idx3-ubyte": idx(xtr.reshape(-1, 28, 28)), "train-labels-idx1-ubyte": idx(ytr),
-            "t10k-images-idx3-ubyte": idx(xte.reshape(-1, 28, 28)), "t10k-labels-idx1-ubyte": idx(yte)}
+    return {
+        "train-images-idx3-ubyte": idx(xtr.reshape(-1, 28, 28)),
+        "train-labels-idx1-ubyte": idx(ytr),
+        "t10k-images-idx3-ubyte": idx(xte.reshape(-1, 28, 28)),
+        "t10k-labels-idx1-ubyte": idx(yte),
+    }
 
 
 def register(monkeypatch, dataset, files, mirrors=()):
     """Make `files` a dataset that mlp_mnist knows: their checksums, sizes and mirrors."""
-    monkeypatch.setattr(m, "SHA256", dict(m.SHA256, **{hashlib.sha256(d).hexdigest(): (dataset, n)
-                                                       for n, d in files.items()}))
+    monkeypatch.setattr(
+        m, "SHA256", dict(m.SHA256, **{hashlib.sha256(d).hexdigest(): (dataset, n) for n, d in files.items()})
+    )
     monkeypatch.setitem(m.MIRRORS, dataset, tuple(mirrors))
     monkeypatch.setattr(m, "N_TRAIN", 256)
     monkeypatch.setattr(m, "N_TEST", 100)
@@ -319,10 +336,12 @@ def write_folder(folder, files, gz=True):
 
 def snapshot(folder):
     """{name: (size, mtime, the bytes of a small file)} of every entry, to show that nothing changed."""
+
     def state(p):
         stat = p.lstat()
         small = p.is_file() and not p.is_symlink() and stat.st_size < 10**7
         return stat.st_size, stat.st_mtime_ns, p.read_bytes() if small else None
+
     return {p.name: state(p) for p in folder.iterdir()}
 
 
@@ -363,7 +382,7 @@ def server():
                     if release.wait(0.1):
                         return
                     self.wfile.write(bytes([byte]))
-            self.wfile.write(body if behaviour == "serve" else body[:len(body) // 2])
+            self.wfile.write(body if behaviour == "serve" else body[: len(body) // 2])
             if behaviour == "drop":
                 self.close_connection = True
 
@@ -461,15 +480,15 @@ def test_download_skips_a_403_mirror_verifies_and_caches(tiny, tmp_path, server,
 
 
 BAD_MIRRORS = {  # name -> what the bad mirror does with a file's gzipped body
-    "truncated": lambda data, body: ("serve", body[:len(body) // 2]),       # a short file, served in full
+    "truncated": lambda data, body: ("serve", body[: len(body) // 2]),  # a short file, served in full
     "altered": lambda data, body: ("serve", gzip.compress(data[:-1] + b"\x01")),  # valid gzip, wrong content
-    "drop": lambda data, body: ("drop", body),                              # connection closed mid-body
-    "stall": lambda data, body: ("stall", None),                            # never answers
-    "bomb": lambda data, body: ("serve", gzip.compress(bytes(3_000_000))),   # expands far past the ceiling
-    "oversized": lambda data, body: ("serve", body + bytes(1_000_000)),    # past every tiny ceiling
-    "trickle-headers": lambda data, body: ("trickle-headers", None),        # past the deadline
+    "drop": lambda data, body: ("drop", body),  # connection closed mid-body
+    "stall": lambda data, body: ("stall", None),  # never answers
+    "bomb": lambda data, body: ("serve", gzip.compress(bytes(3_000_000))),  # expands far past the ceiling
+    "oversized": lambda data, body: ("serve", body + bytes(1_000_000)),  # past every tiny ceiling
+    "trickle-headers": lambda data, body: ("trickle-headers", None),  # past the deadline
     "trickle-body": lambda data, body: ("trickle-body", body),
-    "bogus-status": lambda data, body: ("bogus", None),                     # an http.client error
+    "bogus-status": lambda data, body: ("bogus", None),  # an http.client error
     "redirect-to-ftp": lambda data, body: ("redirect", "ftp://127.0.0.1/file.gz"),
     "redirect-to-no-port": lambda data, body: ("redirect", "http://127.0.0.1:99999999999999999999/"),
 }
@@ -556,6 +575,7 @@ def test_all_mirrors_failing_is_a_clear_error_and_leaves_no_file(tiny, tmp_path,
 def test_interrupted_save_leaves_no_partial_file(tmp_path, monkeypatch):
     def interrupt(*args):
         raise KeyboardInterrupt
+
     monkeypatch.setattr(os, "replace", interrupt)
     with pytest.raises(KeyboardInterrupt):
         m.save(b"x" * 1000, str(tmp_path / "train-images-idx3-ubyte.gz"))
@@ -594,26 +614,57 @@ def test_cache_home_follows_xdg_and_never_a_relative_path(monkeypatch, tmp_path)
 # Command line
 # ---------------------------------------------------------------------------
 
-EPOCH_LINE = re.compile(r"Epoch (\d+)/2: loss: \d+\.\d{4}, train acc\.: [01]\.\d{3}, "
-                        r"valid acc\.: [01]\.\d{3}, time: \d+\.\d{2} sec\.")
+EPOCH_LINE = re.compile(
+    r"Epoch (\d+)/2: loss: \d+\.\d{4}, train acc\.: [01]\.\d{3}, "
+    r"valid acc\.: [01]\.\d{3}, time: \d+\.\d{2} sec\."
+)
 
 
 def test_main_trains_and_prints_the_article_format(tiny, tmp_path, capsys):
     folder = write_folder(tmp_path / "d", tiny)
-    args = ["--dataset", "tiny", "--data-dir", str(folder), "--epochs", "2", "--batch-size", "32",
-            "--hidden", "16", "--lr", "0.1"]
+    args = [
+        "--dataset",
+        "tiny",
+        "--data-dir",
+        str(folder),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "32",
+        "--hidden",
+        "16",
+        "--lr",
+        "0.1",
+    ]
     assert m.main(args) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith(f"JAX {jax.__version__} on ")
     assert [EPOCH_LINE.fullmatch(line)[1] for line in lines[1:]] == ["1", "2"]
 
 
-@pytest.mark.parametrize("args", [
-    ["--epochs", "0"], ["--epochs", "two"], ["--batch-size", "0"], ["--lr", "0"], ["--lr", "-0.1"],
-    ["--lr", "nan"], ["--lr", "inf"], ["--lr", "1e-300"], ["--lr", "1e39"], ["--hidden", "0"],
-    ["--hidden", "128", "-5"], ["--dataset", "cifar"], ["--seed", "18446744073709551616"], ["--seed", "-1"],
-    ["--seed", "4294967296"], ["--batch-size", "60001"], ["--hidden", "100000000"], ["--hidden", "1" + "0" * 400],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--epochs", "0"],
+        ["--epochs", "two"],
+        ["--batch-size", "0"],
+        ["--lr", "0"],
+        ["--lr", "-0.1"],
+        ["--lr", "nan"],
+        ["--lr", "inf"],
+        ["--lr", "1e-300"],
+        ["--lr", "1e39"],
+        ["--hidden", "0"],
+        ["--hidden", "128", "-5"],
+        ["--dataset", "cifar"],
+        ["--seed", "18446744073709551616"],
+        ["--seed", "-1"],
+        ["--seed", "4294967296"],
+        ["--batch-size", "60001"],
+        ["--hidden", "100000000"],
+        ["--hidden", "1" + "0" * 400],
+    ],
+)
 def test_bad_arguments_exit_2_with_usage_before_any_download(args, capsys, server, monkeypatch):
     monkeypatch.setitem(m.MIRRORS, "mnist", (f"{server.url}/m/",))
     with pytest.raises(SystemExit) as exit:
@@ -625,8 +676,9 @@ def test_bad_arguments_exit_2_with_usage_before_any_download(args, capsys, serve
 
 def test_diverging_loss_exits_1_and_suggests_a_smaller_lr(tiny, tmp_path, capsys):
     folder = write_folder(tmp_path / "d", tiny)
-    assert m.main(["--dataset", "tiny", "--data-dir", str(folder), "--lr", "1e30", "--epochs", "3",
-                   "--hidden", "16"]) == 1
+    assert (
+        m.main(["--dataset", "tiny", "--data-dir", str(folder), "--lr", "1e30", "--epochs", "3", "--hidden", "16"]) == 1
+    )
     err = capsys.readouterr().err
     assert "epoch 1" in err and "smaller --lr" in err and "Traceback" not in err
 
@@ -661,6 +713,7 @@ def test_what_a_server_says_reaches_the_terminal_escaped(tiny, tmp_path, server,
 def test_ctrl_c_exits_130_with_one_line(monkeypatch, capsys):
     def interrupted(*args):
         raise KeyboardInterrupt
+
     monkeypatch.setattr(m, "load_mnist", interrupted)
     assert m.main([]) == 130
     assert capsys.readouterr().err == "Interrupted.\n"
@@ -678,8 +731,9 @@ def test_the_script_exits_2_on_bad_usage_and_import_is_silent(tmp_path):
     env = env_for_script(tmp_path)
     run = subprocess.run([sys.executable, SCRIPT, "--epochs", "0"], capture_output=True, text=True, env=env)
     assert run.returncode == 2 and "usage:" in run.stderr and "Traceback" not in run.stderr
-    imported = subprocess.run([sys.executable, "-c", "import mlp_mnist"], cwd=os.path.dirname(SCRIPT),
-                              capture_output=True, text=True, env=env)
+    imported = subprocess.run(
+        [sys.executable, "-c", "import mlp_mnist"], cwd=os.path.dirname(SCRIPT), capture_output=True, text=True, env=env
+    )
     assert imported.returncode == 0 and imported.stdout == imported.stderr == ""
     assert os.listdir(tmp_path) == []  # nothing downloaded, nothing cached
 
@@ -700,8 +754,12 @@ def test_sigterm_during_a_download_says_interrupted_and_leaves_nothing(tmp_path,
     server.default = ("stall", None)  # every request, CONNECT included, goes unanswered
     proxy_env = env_for_script(tmp_path, http_proxy=server.url, https_proxy=server.url)
     folder = tmp_path / "data"
-    proc = subprocess.Popen([sys.executable, SCRIPT, "--data-dir", str(folder)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=proxy_env)
+    proc = subprocess.Popen(
+        [sys.executable, SCRIPT, "--data-dir", str(folder)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=proxy_env,
+    )
     deadline = time.monotonic() + 20
     while not server.requests and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)
@@ -726,14 +784,19 @@ sys.exit(m.main(["--dataset", "tiny", "--data-dir", {folder!r}] + sys.argv[1:]))
 def run_tiny(tiny, tmp_path):
     """Runs main() on the tiny dataset in a fresh Python: (args, **Popen options) -> Popen."""
     script = tmp_path / "run_tiny.py"
-    script.write_text(RUN_TINY.format(root=os.path.dirname(SCRIPT),
-                                      folder=str(write_folder(tmp_path / "tiny", tiny, gz=False))))
+    script.write_text(
+        RUN_TINY.format(root=os.path.dirname(SCRIPT), folder=str(write_folder(tmp_path / "tiny", tiny, gz=False)))
+    )
     return lambda args, **kw: subprocess.Popen([sys.executable, str(script), *args], **kw)
 
 
 def test_a_closed_pipe_ends_the_run_quietly(run_tiny, tmp_path):
-    proc = run_tiny(["--epochs", "50", "--hidden", "8"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                    env=env_for_script(tmp_path))
+    proc = run_tiny(
+        ["--epochs", "50", "--hidden", "8"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env_for_script(tmp_path),
+    )
     assert proc.stdout.readline().startswith(b"JAX ")
     proc.stdout.close()  # as `| head -1` does
     assert proc.wait(60) == 1 and proc.stderr.read() == b""
@@ -744,8 +807,12 @@ def test_a_full_disk_on_stdout_is_one_message_and_a_cache_folder_that_cant_be_ma
     blocked = tmp_path / "a-file"
     blocked.write_text("")  # XDG_CACHE_HOME below a file: the compilation cache's folder can't be made
     with open("/dev/full", "w") as full:
-        proc = run_tiny(["--epochs", "1", "--hidden", "8"], stdout=full, stderr=subprocess.PIPE,
-                        env=env_for_script(tmp_path, XDG_CACHE_HOME=str(blocked / "cache")))
+        proc = run_tiny(
+            ["--epochs", "1", "--hidden", "8"],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            env=env_for_script(tmp_path, XDG_CACHE_HOME=str(blocked / "cache")),
+        )
         err = proc.stderr.read().decode()
     assert proc.wait(60) == 1
     assert err == "error: could not write the output ([Errno 28] No space left on device)\n"
@@ -760,8 +827,10 @@ def test_a_second_run_compiles_nothing(run_tiny, tmp_path):
         runs.append((proc.returncode, out.decode(), err.decode()))
     untimed = [re.sub(r"time: [0-9.]+", "", out) for _, out, _ in runs]
     assert runs[0][0] == runs[1][0] == 0 and untimed[0] == untimed[1] and "Epoch 1/1" in untimed[0]
-    compiles, hits = ([err.count(line) for _, _, err in runs] for line in
-                      ["Finished XLA compilation of", "Persistent compilation cache hit for"])
+    compiles, hits = (
+        [err.count(line) for _, _, err in runs]
+        for line in ["Finished XLA compilation of", "Persistent compilation cache hit for"]
+    )
     assert "Finished XLA compilation of jit(train_epoch)" in runs[0][2] and hits[0] == 0
     assert "Persistent compilation cache hit for 'jit_train_epoch'" in runs[1][2]
     assert hits[1] == compiles[1] == compiles[0]  # the second run found every program in the cache
