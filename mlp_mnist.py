@@ -1,16 +1,21 @@
+# /// script
+# requires-python = ">=3.11"
+# dependencies = ["jax>=0.9.0", "numpy>=2.0"]
+# ///
 """Train a fully connected network (784-128-10, ReLU) on MNIST in plain JAX.
 
-    pip install -r requirements.txt && python mlp_mnist.py
+    uv run mlp_mnist.py      (or: pip install -r requirements.txt && python mlp_mnist.py)
 
 Part 3 of "Up and Running with JAX", with its names: cross-entropy on log_softmax, gradients from
 jax.value_and_grad, a jitted SGD `update`, 25 epochs at lr 0.01 and batch 64. The model comes first,
-the data and main() last; importing the file only defines things."""
+the data and main() last; importing the file only defines things, and a notebook cell can hold it whole."""
 
 import os
 import signal
 import sys
 
-if __name__ == "__main__":  # Ctrl-C or SIGTERM while the imports run (JAX's take a second): a word, not a traceback
+# Run as a program, not imported and not in a notebook (whose kernel, IPython, owns the signals): Ctrl-C
+if __name__ == "__main__" and "IPython" not in sys.modules:  # or SIGTERM during the imports, a word, no traceback
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, frame: (os.write(2, b"Interrupted.\n"), os._exit(130)))
 
@@ -41,7 +46,7 @@ def initialize_weights(sizes, key, scale=0.02):
     """(W, b) per layer, W of shape (m, n), entries from N(0, scale²), which break the symmetry between
     units. Each W and b gets its own key from `split`: one key drawn from twice gives the same numbers."""
     params = []
-    for m, n, layer_key in zip(sizes[:-1], sizes[1:], random.split(key, len(sizes) - 1)):
+    for m, n, layer_key in zip(sizes[:-1], sizes[1:], random.split(key, len(sizes) - 1), strict=True):
         w_key, b_key = random.split(layer_key)
         params.append((scale * random.normal(w_key, (m, n)), scale * random.normal(b_key, (n,))))
     return params
@@ -133,11 +138,8 @@ def train(data, sizes, seed=SEED, epochs=EPOCHS, lr=LR, batch_size=BATCH_SIZE):
             raise FloatingPointError(f"the loss became {loss} in epoch {epoch}")
         train_acc, valid_acc = map(float, evaluate(params, [(train_images, train_labels), (test_images, test_labels)]))
         results.append((epoch, loss, train_acc, valid_acc, epoch_time))
-        print(
-            f"Epoch {epoch}/{epochs}: loss: {loss:.4f}, train acc.: {train_acc:.3f}, "
-            f"valid acc.: {valid_acc:.3f}, time: {epoch_time:.2f} sec.",
-            flush=True,
-        )
+        accuracies = f"train acc.: {train_acc:.3f}, valid acc.: {valid_acc:.3f}"
+        print(f"Epoch {epoch}/{epochs}: loss: {loss:.4f}, {accuracies}, time: {epoch_time:.2f} sec.", flush=True)
     return params, results
 
 
@@ -169,8 +171,8 @@ DEADLINE = 30  # seconds for a whole download, from the request to the last byte
 DATA_DIR_ENV = "MLP_MNIST_DATA_DIR"  # the data folder, when --data-dir is not given
 
 
-class DataError(Exception):
-    """A problem with the data that the user can fix: main() prints it, no traceback."""
+class UserError(Exception):
+    """A problem the user can fix (the data, JAX_PLATFORMS): main() prints its message, no traceback."""
 
 
 def ceiling(name):
@@ -186,7 +188,7 @@ def verified(raw, dataset, name):
     except (EOFError, OSError, zlib.error) as e:
         raise ValueError(f"damaged gzip data ({e})") from None
     if (found := SHA256.get(hashlib.sha256(data).hexdigest())) != (dataset, name):
-        raise ValueError("it holds %s's %s (is --dataset right?)" % found if found else "its SHA-256 is wrong")
+        raise ValueError(f"it holds {found[0]}'s {found[1]} (is --dataset right?)" if found else "its SHA-256 is wrong")
     return data
 
 
@@ -248,7 +250,7 @@ def fetch(dataset, name, folder, mirrors):
                 with open(path, "rb") as f:
                     return verified(f.read(ceiling(name) + 1), dataset, name)
             except (OSError, ValueError) as e:
-                raise DataError(
+                raise UserError(
                     f"{path} is unusable: {e}. It was left as it is; if it is a damaged copy, "
                     f"delete it and run again to download a good one."
                 ) from None
@@ -266,12 +268,12 @@ def fetch(dataset, name, folder, mirrors):
             os.makedirs(folder, exist_ok=True)
             save(raw, os.path.join(folder, name + ".gz"))
         except OSError as e:
-            raise DataError(
+            raise UserError(
                 f"Downloaded {name}.gz but could not save it in {folder} ({e}). "
                 f"Choose a folder you can write to with --data-dir."
             ) from None
         return data
-    raise DataError(
+    raise UserError(
         f"Could not get {name}.gz from any mirror:\n" + "\n".join(tried) + "\nIf this machine is "
         f"offline, fetch the four files ({', '.join(n + '.gz' for n in FILES)}) from a mirror on one "
         f"that is online, copy them into a folder here and run again with --data-dir FOLDER."
@@ -290,7 +292,7 @@ def load_mnist(dataset="mnist", data_dir=None):
     uint8, 0-255 as stored: a quarter of the memory of float32."""
     folder = data_dir or os.environ.get(DATA_DIR_ENV) or cache_home(dataset)
     if not folder:
-        raise DataError("No folder for the data: there is no home folder. Choose one with --data-dir.")
+        raise UserError("No folder for the data: there is no home folder. Choose one with --data-dir.")
     arrays, mirrors = [], list(MIRRORS[dataset])
     for name in FILES:  # each verified, so the IDX header's sizes are known: the data follow it
         data = np.frombuffer(fetch(dataset, name, folder, mirrors), np.uint8, offset=16 if "images" in name else 8)
@@ -327,9 +329,24 @@ def number(kind, low, high):
     return parse
 
 
-def main(argv=None):
-    """The command line. Errors a user can meet get a message and a status (1 failed, 2 usage, 130
-    interrupted); a closed pipe (| head) ends the run quietly, with 1."""
+def default_device():
+    """The device JAX computes on. JAX starts its backend here, before any download; if JAX_PLATFORMS asks for one
+    that JAX can't start, it raises RuntimeError (AssertionError for cuda on a CPU-only JAX, 0.10 to 0.12)."""
+    try:
+        return jax.devices()[0]
+    except (RuntimeError, AssertionError) as e:
+        if not (platforms := os.environ.get("JAX_PLATFORMS")):
+            raise  # not the user's setting: a bug
+        raise UserError(
+            f"JAX could not start the backend that JAX_PLATFORMS={platforms[:100]!r} asks for (JAX said {e!r:.300}). "
+            "Unset JAX_PLATFORMS to let JAX use a device it has (in a notebook, then restart the kernel), or, for "
+            'an NVIDIA GPU, install JAX\'s CUDA build: pip install -U "jax[cuda13]".'
+        ) from None
+
+
+def main(argv=None, compilation_cache=False):
+    """The command line (`argv`, else sys.argv[1:]); returns the exit status and never raises SystemExit, which a
+    notebook shows as an error. Errors a user can meet get a message; a closed pipe (| head) ends quietly, with 1."""
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
@@ -341,17 +358,21 @@ def main(argv=None):
     add("--lr", type=number(float, 1.2e-38, 3.4e38), default=LR, help="learning rate, a float32 above 0")
     add("--batch-size", type=number(int, 1, N_TRAIN), default=BATCH_SIZE, help="images per step")
     add("--seed", type=number(int, 0, 2**32 - 1), default=SEED, help="for the weights and the shuffles")
-    args = parser.parse_args(argv)
     try:
-        use_compilation_cache()
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse has printed the help (0) or the usage error (2)
+        return e.code
+    try:
+        if compilation_cache:  # only as a program: a notebook kernel's JAX settings are its user's
+            use_compilation_cache()
+        print(f"JAX {jax.__version__} on {default_device().device_kind}", flush=True)
         data = load_mnist(args.dataset, args.data_dir)
-        print(f"JAX {jax.__version__} on {jax.devices()[0].device_kind}", flush=True)
         train(data, [784, *args.hidden, 10], args.seed, args.epochs, args.lr, args.batch_size)
         return 0
     except KeyboardInterrupt:
         print("Interrupted.", file=sys.stderr)
         return 130
-    except DataError as e:
+    except UserError as e:
         message = str(e)
     except FloatingPointError as e:
         message = f"{e}. The learning rate {args.lr} is probably too large; try a smaller --lr (default {LR})."
@@ -369,9 +390,11 @@ def main(argv=None):
     return 1
 
 
-if __name__ == "__main__":
+if __name__ == "__main__" and "IPython" not in sys.modules:  # python mlp_mnist.py, uv run mlp_mnist.py
     signal.signal(signal.SIGINT, signal.default_int_handler)  # from here Ctrl-C and SIGTERM unwind,
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # so cleanup runs: exit 130
-    status = main()
+    status = main(compilation_cache=True)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not break JAX's cleanup at exit
     sys.exit(status)
+elif __name__ == "__main__":  # in a notebook: the kernel keeps its signals and is never asked to exit
+    main(None if "__file__" in globals() else [])  # %run passes its arguments; a pasted cell's argv is the kernel's

@@ -6,9 +6,11 @@ the article's API, the data loader against loopback servers that misbehave, and 
 No network but 127.0.0.1: the mirrors are local HTTP servers, the data tiny IDX files written here.
 """
 
+import ast
 import gzip
 import hashlib
 import http.server
+import importlib.util
 import os
 import re
 import signal
@@ -18,8 +20,9 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 import tracemalloc
-from types import SimpleNamespace
+from types import ModuleType, SimpleNamespace
 
 import jax
 import jax.numpy as jnp
@@ -30,18 +33,16 @@ from jax.flatten_util import ravel_pytree
 
 import mlp_mnist as m
 
-SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mlp_mnist.py")
+ROOT = os.path.dirname(os.path.abspath(__file__))
+SCRIPT = os.path.join(ROOT, "mlp_mnist.py")
 
 
 @pytest.fixture(autouse=True)
 def isolated(monkeypatch, tmp_path_factory):
-    """Every test gets its own empty HOME and cache, no proxies and no data folder from the
-    environment. main() sees a JAX_COMPILATION_CACHE_DIR, as if the user had set one, so in this
-    process it leaves JAX's settings alone; the cache itself is tested in a subprocess."""
+    """Every test gets its own empty HOME and cache, no proxies and no data folder from the environment."""
     home = tmp_path_factory.mktemp("home")
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("XDG_CACHE_HOME", str(home / ".cache"))
-    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(home / "unused"))
     for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY", m.DATA_DIR_ENV):
         monkeypatch.delenv(var, raising=False)
     return home
@@ -92,7 +93,7 @@ def test_grad_matches_backward_pass_by_hand(sizes):
         assert params[0][0].dtype == jnp.float64
         grads = jax.jit(jax.grad(m.cross_entropy_loss))(params, X, y)
         by_hand = backward_by_hand([tuple(map(np.asarray, layer)) for layer in params], np.asarray(X), np.asarray(y))
-        for (dW, db), (dW_hand, db_hand) in zip(grads, by_hand):
+        for (dW, db), (dW_hand, db_hand) in zip(grads, by_hand, strict=True):
             np.testing.assert_allclose(dW, dW_hand, rtol=1e-10, atol=1e-12)
             np.testing.assert_allclose(db, db_hand, rtol=1e-10, atol=1e-12)
 
@@ -119,7 +120,9 @@ def test_grad_matches_central_finite_differences(sizes):
 @pytest.mark.parametrize("sizes", [[784, 16, 10], [784, 10], [784, 32, 16, 10]])  # shapes the others reuse
 def test_initialize_weights_shapes_dtypes_and_scale(sizes):
     params = m.initialize_weights(sizes, random.key(0))
-    assert [(W.shape, b.shape) for W, b in params] == [((a, b), (b,)) for a, b in zip(sizes[:-1], sizes[1:])]
+    assert [(W.shape, b.shape) for W, b in params] == [
+        ((a, b), (b,)) for a, b in zip(sizes[:-1], sizes[1:], strict=True)
+    ]
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
     assert abs(float(jnp.std(params[0][0])) - 0.02) < 0.001
     assert float(jnp.std(m.initialize_weights(sizes, random.key(0), scale=0.5)[0][0])) > 0.45
@@ -134,7 +137,7 @@ def test_forward_loss_and_update_shapes():
     assert loss.shape == () and loss.dtype == jnp.float32
     new_params, step_loss = m.update(params, X, y, 0.1)
     assert jax.tree.structure(new_params) == jax.tree.structure(params)
-    for old, new in zip(jax.tree.leaves(params), jax.tree.leaves(new_params)):
+    for old, new in zip(jax.tree.leaves(params), jax.tree.leaves(new_params), strict=True):
         assert new.shape == old.shape and new.dtype == old.dtype
     assert float(step_loss) == pytest.approx(float(loss), rel=1e-6)
 
@@ -144,7 +147,7 @@ def test_update_is_one_sgd_step_with_the_articles_default_lr():
     X, y = random.uniform(random.key(1), (8, 784)), jnp.arange(8)
     grads = jax.jit(jax.grad(m.cross_entropy_loss))(params, X, y)
     for lr, new_params in [(0.5, m.update(params, X, y, 0.5)[0]), (0.01, m.update(params, X, y)[0])]:
-        for p, g, new in zip(*(jax.tree.leaves(t) for t in (params, grads, new_params))):
+        for p, g, new in zip(*(jax.tree.leaves(t) for t in (params, grads, new_params)), strict=True):
             np.testing.assert_allclose(new, p - lr * g, rtol=1e-5, atol=1e-7)
 
 
@@ -226,7 +229,7 @@ def test_train_epoch_is_the_python_loop_over_update():
         looped, loss = m.update(looped, images[batch] / np.float32(255), labels[batch], 0.05)
         losses.append(float(loss))
     assert float(mean_loss) == pytest.approx(np.mean(losses), rel=1e-5)
-    for a, b in zip(jax.tree.leaves(scanned), jax.tree.leaves(looped)):
+    for a, b in zip(jax.tree.leaves(scanned), jax.tree.leaves(looped), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
@@ -263,7 +266,7 @@ def test_uint8_and_the_articles_float_images_train_the_same(capsys):
         m.train(data, [784, 16, 10], epochs=2, lr=0.1, batch_size=16)
         for data in [(train_images, train_labels, test_images, test_labels), floats]
     )
-    for a, b in zip(jax.tree.leaves(as_uint8[0]), jax.tree.leaves(as_float[0])):
+    for a, b in zip(jax.tree.leaves(as_uint8[0]), jax.tree.leaves(as_float[0]), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose([r[:4] for r in as_uint8[1]], [r[:4] for r in as_float[1]], rtol=1e-5)
 
@@ -283,7 +286,7 @@ def test_one_seed_gives_identical_parameters(capsys):
         return m.train(data, [784, 16, 10], seed=seed, epochs=2, lr=0.05, batch_size=32)[0]
 
     first, again, other = run(7), run(7), run(8)
-    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(again)))
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(again), strict=True))
     assert not np.array_equal(first[0][0], other[0][0])
 
 
@@ -393,7 +396,7 @@ def server():
 
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     httpd.daemon_threads = True
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True).start()  # shutdown() waits a poll
     state.url = f"http://127.0.0.1:{httpd.server_port}"
     yield state
     release.set()
@@ -411,7 +414,7 @@ def serve_all(server, files, prefix):
 def test_gzipped_and_raw_folders_parse_to_the_same_arrays(tiny, tmp_path):
     from_gz = m.load_mnist("tiny", str(write_folder(tmp_path / "gz", tiny)))
     from_raw = m.load_mnist("tiny", str(write_folder(tmp_path / "raw", tiny, gz=False)))
-    for a, b in zip(from_gz, from_raw):
+    for a, b in zip(from_gz, from_raw, strict=True):
         np.testing.assert_array_equal(a, b)
     train_images, train_labels, test_images, test_labels = from_gz
     assert train_images.shape == (256, 784) and test_images.shape == (100, 784)
@@ -541,7 +544,7 @@ def test_a_bad_file_in_the_folder_is_an_error_and_left_alone(damage, tiny, tmp_p
     dataset = "other" if damage == "other-dataset" else "tiny"
     monkeypatch.setitem(m.MIRRORS, dataset, (serve_all(server, tiny, "m"),))
     before = snapshot(folder)
-    with pytest.raises(m.DataError) as error:
+    with pytest.raises(m.UserError) as error:
         m.load_mnist(dataset, str(folder))
     message = str(error.value)
     assert f"{folder}/train-images-idx3-ubyte.gz" in message if damage == "other-dataset" else str(target) in message
@@ -563,7 +566,7 @@ def test_all_mirrors_failing_is_a_clear_error_and_leaves_no_file(tiny, tmp_path,
     closed = f"http://127.0.0.1:{unused_port()}/"
     monkeypatch.setitem(m.MIRRORS, "tiny", (f"{server.url}/gone/", closed))
     folder = tmp_path / "d"
-    with pytest.raises(m.DataError) as error:
+    with pytest.raises(m.UserError) as error:
         m.load_mnist("tiny", str(folder))
     message = str(error.value)
     assert "train-images-idx3-ubyte.gz" in message and "--data-dir" in message
@@ -606,7 +609,7 @@ def test_cache_home_follows_xdg_and_never_a_relative_path(monkeypatch, tmp_path)
     monkeypatch.delenv("HOME")  # and no home in the password database either: expanduser gives up
     monkeypatch.setattr(os.path, "expanduser", lambda path: path)
     assert m.cache_home("mnist") is None  # no cache, rather than a folder named ~ or .cache here
-    with pytest.raises(m.DataError, match="--data-dir"):
+    with pytest.raises(m.UserError, match="--data-dir"):
         m.load_mnist("mnist")
 
 
@@ -667,9 +670,7 @@ def test_main_trains_and_prints_the_article_format(tiny, tmp_path, capsys):
 )
 def test_bad_arguments_exit_2_with_usage_before_any_download(args, capsys, server, monkeypatch):
     monkeypatch.setitem(m.MIRRORS, "mnist", (f"{server.url}/m/",))
-    with pytest.raises(SystemExit) as exit:
-        m.main(args)
-    assert exit.value.code == 2
+    assert m.main(args) == 2  # a status, not SystemExit, which a notebook's kernel would show as an error
     err = capsys.readouterr().err
     assert err.startswith("usage:") and "Traceback" not in err and server.requests == []
 
@@ -732,7 +733,7 @@ def test_the_script_exits_2_on_bad_usage_and_import_is_silent(tmp_path):
     run = subprocess.run([sys.executable, SCRIPT, "--epochs", "0"], capture_output=True, text=True, env=env)
     assert run.returncode == 2 and "usage:" in run.stderr and "Traceback" not in run.stderr
     imported = subprocess.run(
-        [sys.executable, "-c", "import mlp_mnist"], cwd=os.path.dirname(SCRIPT), capture_output=True, text=True, env=env
+        [sys.executable, "-c", "import mlp_mnist"], cwd=ROOT, capture_output=True, text=True, env=env
     )
     assert imported.returncode == 0 and imported.stdout == imported.stderr == ""
     assert os.listdir(tmp_path) == []  # nothing downloaded, nothing cached
@@ -776,7 +777,7 @@ for name in m.FILES:
     data = open({folder!r} + "/" + name, "rb").read()
     m.SHA256[hashlib.sha256(data).hexdigest()] = ("tiny", name)
 m.MIRRORS["tiny"], m.N_TRAIN, m.N_TEST = (), 256, 100
-sys.exit(m.main(["--dataset", "tiny", "--data-dir", {folder!r}] + sys.argv[1:]))
+sys.exit(m.main(["--dataset", "tiny", "--data-dir", {folder!r}] + sys.argv[1:], compilation_cache=True))
 """
 
 
@@ -784,9 +785,7 @@ sys.exit(m.main(["--dataset", "tiny", "--data-dir", {folder!r}] + sys.argv[1:]))
 def run_tiny(tiny, tmp_path):
     """Runs main() on the tiny dataset in a fresh Python: (args, **Popen options) -> Popen."""
     script = tmp_path / "run_tiny.py"
-    script.write_text(
-        RUN_TINY.format(root=os.path.dirname(SCRIPT), folder=str(write_folder(tmp_path / "tiny", tiny, gz=False)))
-    )
+    script.write_text(RUN_TINY.format(root=ROOT, folder=str(write_folder(tmp_path / "tiny", tiny, gz=False))))
     return lambda args, **kw: subprocess.Popen([sys.executable, str(script), *args], **kw)
 
 
@@ -835,3 +834,100 @@ def test_a_second_run_compiles_nothing(run_tiny, tmp_path):
     assert "Persistent compilation cache hit for 'jit_train_epoch'" in runs[1][2]
     assert hits[1] == compiles[1] == compiles[0]  # the second run found every program in the cache
     assert any(n.startswith("jit_train_epoch") for n in os.listdir(tmp_path / ".cache" / "mlp_mnist" / "jax"))
+
+
+# ---------------------------------------------------------------------------
+# Where readers run it: a notebook, uv, any JAX_PLATFORMS; and the README's code
+# ---------------------------------------------------------------------------
+
+KERNEL_ARGV = ["/usr/lib/python3/dist-packages/ipykernel_launcher.py", "-f", "/root/.local/share/jupyter/kernel-1.json"]
+
+
+def test_in_a_notebook_it_runs_with_no_exit_and_leaves_the_kernels_signals(tiny, tmp_path, monkeypatch, capsys):
+    """What a Jupyter or Colab kernel does with the file pasted into a cell: IPython is loaded, sys.argv is the
+    kernel's own, and the source runs as __main__ without a __file__. The entry point (the last statement) runs
+    apart, so that the tiny files can stand in for MNIST in between; then the next cells and %run."""
+    monkeypatch.setitem(sys.modules, "IPython", ModuleType("IPython"))
+    monkeypatch.setattr(sys, "argv", KERNEL_ARGV)
+    monkeypatch.setenv(m.DATA_DIR_ENV, str(write_folder(tmp_path / "d", tiny)))
+    handlers = [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)]
+    tree = ast.parse(open(SCRIPT).read())
+    definitions, entry = (compile(ast.Module(body, []), SCRIPT, "exec") for body in (tree.body[:-1], tree.body[-1:]))
+    cell = {"__name__": "__main__"}
+    exec(definitions, cell)
+    cell["SHA256"].update({hashlib.sha256(data).hexdigest(): ("mnist", name) for name, data in tiny.items()})
+    cell.update(N_TRAIN=256, N_TEST=100, MIRRORS={"mnist": ()})  # and no download
+    exec(entry, cell)  # a SystemExit would end the test here
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("JAX ") and [line[: line.index(":")] for line in out[1:]] == [
+        f"Epoch {i}/25" for i in range(1, 26)
+    ]
+    assert [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)] == handlers  # still the kernel's
+    assert cell["forward"](cell["initialize_weights"]([784, 8, 10], random.key(0)), jnp.ones((2, 784))).shape == (2, 10)
+
+    cell["__file__"] = SCRIPT  # %run sets it, and sys.argv to the script and its arguments
+    for args, expected_out, expected_err in [
+        (["--epochs", "3"], "Epoch 3/3:", ""),
+        (["--epochs", "0"], "", "usage:"),
+        (["--help"], "usage:", ""),
+        (["--data-dir", str(tmp_path / "empty")], "JAX ", "error: Could not get train-images-idx3-ubyte.gz"),
+    ]:
+        monkeypatch.setattr(sys, "argv", ["mlp_mnist.py", *args])
+        exec(entry, cell)
+        out, err = capsys.readouterr()
+        assert expected_out in out and err.startswith(expected_err) and "Traceback" not in err
+
+    def interrupted(*args):
+        raise KeyboardInterrupt  # what the kernel's SIGINT handler raises when you press interrupt
+
+    cell["train"] = interrupted
+    monkeypatch.setattr(sys, "argv", ["mlp_mnist.py"])
+    exec(entry, cell)
+    assert capsys.readouterr().err == "Interrupted.\n"
+    assert [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)] == handlers
+
+
+@pytest.mark.parametrize("platforms", ["cuda", "tpu", "cpuu"])
+def test_a_backend_that_jax_cannot_start_exits_1_with_a_message(platforms, run_tiny, tmp_path):
+    plugins = {"cuda": ("jax_cuda12_plugin", "jax_cuda13_plugin"), "tpu": ("libtpu",), "cpuu": ()}[platforms]
+    if any(importlib.util.find_spec(plugin) for plugin in plugins):
+        pytest.skip(f"JAX here can start {platforms}")
+    proc = run_tiny(
+        [], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env_for_script(tmp_path, JAX_PLATFORMS=platforms)
+    )
+    out, err = (s.decode() for s in proc.communicate(timeout=60))
+    assert proc.returncode == 1 and out == "" and "Traceback" not in err
+    assert err.startswith(f"error: JAX could not start the backend that JAX_PLATFORMS='{platforms}' asks for")
+    assert "Unset JAX_PLATFORMS" in err and 'pip install -U "jax[cuda13]"' in err
+
+
+def test_the_uv_script_block_asks_for_what_requirements_and_the_readme_do():
+    """PEP 723's inline metadata, read with the regular expression the PEP gives."""
+    source = open(SCRIPT).read()
+    blocks = re.findall(r"(?m)^# /// script$\s((?:^#(?:| .*)$\s)+)^# ///$", source)
+    assert len(blocks) == 1 and source.startswith("# /// script\n")
+    metadata = tomllib.loads("".join(line[2:] + "\n" for line in blocks[0].splitlines()))
+    requirements = open(os.path.join(ROOT, "requirements.txt")).read().split()
+    assert metadata["dependencies"] == requirements and requirements == ["jax>=0.9.0", "numpy>=2.0"]
+    version = re.search(r"Python (\d+\.\d+) or newer", open(os.path.join(ROOT, "README.md")).read())[1]
+    assert metadata["requires-python"] == f">={version}"
+
+
+README_BLOCKS = re.findall(r"```python\n(.*?)```", open(os.path.join(ROOT, "README.md")).read(), re.DOTALL)
+
+
+def test_the_readme_has_python_blocks_to_run():
+    assert len(README_BLOCKS) >= 3  # the notebook cell, the jit experiment, the plot
+
+
+@pytest.mark.parametrize("block", README_BLOCKS, ids=[f"block-{i}" for i in range(len(README_BLOCKS))])
+def test_the_readmes_code_runs(block, monkeypatch, tmp_path, capsys):
+    """Each Python block of the README, on small data: load_mnist gives the synthetic set. A block runs
+    where the file was pasted into an earlier cell, as in a notebook; its own imports work as well."""
+    if "matplotlib" in block:
+        pytest.importorskip("matplotlib").use("Agg")  # draws to files, never to a window
+    monkeypatch.setattr(m, "load_mnist", lambda *args, **kwargs: [*synthetic(512, 0), *synthetic(100, 1)])
+    monkeypatch.chdir(tmp_path)
+    exec(block, dict(vars(m)))
+    for name in re.findall(r'savefig\("(.*?)"\)', block):
+        assert (tmp_path / name).stat().st_size > 0
