@@ -14,12 +14,13 @@ import os
 import signal
 import sys
 
-# Run as a program, not imported and not in a notebook (whose kernel, IPython, owns the signals): Ctrl-C
-if __name__ == "__main__" and "IPython" not in sys.modules:  # or SIGTERM during the imports, a word, no traceback
+# Ctrl-C or SIGTERM while the imports run (JAX's take a second): a word, not a traceback. Only as a program:
+if __name__ == "__main__" and "IPython" not in sys.modules:  # in a notebook, the kernel (IPython) owns the signals
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, frame: (os.write(2, b"Interrupted.\n"), os._exit(130)))
 
 import argparse
+import contextlib
 import gzip
 import hashlib
 import http.client
@@ -305,25 +306,21 @@ def use_compilation_cache():
     """Keep compiled programs beside the data cache, so that a second run compiles nothing. A
     JAX_COMPILATION_CACHE_DIR the user set wins; a folder that can't be written is skipped."""
     folder = cache_home("jax")
-    try:
+    with contextlib.suppress(OSError):
         if folder and "JAX_COMPILATION_CACHE_DIR" not in os.environ:
             os.makedirs(folder, mode=0o700, exist_ok=True)
             tempfile.TemporaryFile(dir=folder).close()  # can we write there?
             jax.config.update("jax_compilation_cache_dir", folder)
             jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)  # every program
-    except OSError:
-        pass
 
 
 def number(kind, low, high):
     """An argparse type: a `kind` from `low` to `high`, or a usage error."""
 
     def parse(text):
-        try:
+        with contextlib.suppress(ValueError, OverflowError):
             if low <= (value := kind(text)) <= high:  # never true for nan
                 return value
-        except (ValueError, OverflowError):
-            pass
         raise argparse.ArgumentTypeError(f"{text!r} is not {kind.__name__} from {low} to {high}")
 
     return parse
@@ -331,16 +328,17 @@ def number(kind, low, high):
 
 def default_device():
     """The device JAX computes on. JAX starts its backend here, before any download; if JAX_PLATFORMS asks for one
-    that JAX can't start, it raises RuntimeError (AssertionError for cuda on a CPU-only JAX, 0.10 to 0.12)."""
+    that JAX can't start, it fails in its own way (RuntimeError; for cuda on a CPU-only JAX, a failed assert)."""
     try:
         return jax.devices()[0]
-    except (RuntimeError, AssertionError) as e:
+    except Exception as e:
         if not (platforms := os.environ.get("JAX_PLATFORMS")):
             raise  # not the user's setting: a bug
+        reason = str(e)[:300] or type(e).__name__
         raise UserError(
-            f"JAX could not start the backend that JAX_PLATFORMS={platforms[:100]!r} asks for (JAX said {e!r:.300}). "
-            "Unset JAX_PLATFORMS to let JAX use a device it has (in a notebook, then restart the kernel), or, for "
-            'an NVIDIA GPU, install JAX\'s CUDA build: pip install -U "jax[cuda13]".'
+            f"JAX could not start the backend JAX_PLATFORMS={platforms[:100]!r} names ({reason}). Unset JAX_PLATFORMS "
+            "to let JAX use a device it has (in a notebook, then restart the kernel), or, for an NVIDIA GPU, install "
+            'JAX\'s CUDA build: pip install -U "jax[cuda13]".'
         ) from None
 
 
@@ -396,5 +394,7 @@ if __name__ == "__main__" and "IPython" not in sys.modules:  # python mlp_mnist.
     status = main(compilation_cache=True)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not break JAX's cleanup at exit
     sys.exit(status)
-elif __name__ == "__main__":  # in a notebook: the kernel keeps its signals and is never asked to exit
-    main(None if "__file__" in globals() else [])  # %run passes its arguments; a pasted cell's argv is the kernel's
+elif __name__ == "__main__":  # a notebook: %run names this file in argv[0]; a pasted cell has the kernel's argv
+    ours = "__file__" in globals() and os.path.realpath(sys.argv[0]) == os.path.realpath(__file__)
+    if main(None if ours else []) == 130:  # never an exit, which the kernel would show as an error
+        raise KeyboardInterrupt  # as an interrupted cell does, so that the cells queued after this one don't run
