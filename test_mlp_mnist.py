@@ -913,7 +913,7 @@ def test_the_uv_script_block_asks_for_what_requirements_and_the_readme_do():
     assert len(blocks) == 1 and source.startswith("# /// script\n")
     metadata = tomllib.loads("".join(line[2:] + "\n" for line in blocks[0].splitlines()))
     requirements = open(os.path.join(ROOT, "requirements.txt")).read().split()
-    assert metadata["dependencies"] == requirements and requirements == ["jax>=0.9.0", "numpy>=2.0"]
+    assert metadata["dependencies"] == requirements and [r.split(">=")[0] for r in requirements] == ["jax", "numpy"]
     version = re.search(r"Python (\d+\.\d+) or newer", open(os.path.join(ROOT, "README.md")).read())[1]
     assert metadata["requires-python"] == f">={version}"
 
