@@ -2,22 +2,11 @@
 # requires-python = ">=3.11"
 # dependencies = ["jax>=0.9.0", "numpy>=2.0"]
 # ///
-"""Train a fully connected network (784-128-10, ReLU) on MNIST in plain JAX.
+"""Train a fully connected network (784-128-10, ReLU) on MNIST in plain JAX: part 3 of "Up and Running with JAX",
+with its names. The lesson comes first (model, loss, update, accuracy, training loop), then the data, then main().
 
     uv run mlp_mnist.py      (or: pip install -r requirements.txt && python mlp_mnist.py)
-
-Part 3 of "Up and Running with JAX", with its names: cross-entropy on log_softmax, gradients from
-jax.value_and_grad, a jitted SGD `update`, 25 epochs at lr 0.01 and batch 64. The model comes first,
-the data and main() last; importing the file only defines things, and a notebook cell can hold it whole."""
-
-import os
-import signal
-import sys
-
-# Ctrl-C or SIGTERM while the imports run (JAX's take a second): a word, not a traceback. Only as a program:
-if __name__ == "__main__" and "IPython" not in sys.modules:  # in a notebook, the kernel (IPython) owns the signals
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda signum, frame: (os.write(2, b"Interrupted.\n"), os._exit(130)))
+"""
 
 import argparse
 import contextlib
@@ -25,12 +14,14 @@ import gzip
 import hashlib
 import http.client
 import io
+import os
+import pathlib
+import signal
+import sys
 import tempfile
-import threading
 import time
 import urllib.request
 import zlib
-from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -38,14 +29,20 @@ import numpy as np
 from jax import jit, lax, random, value_and_grad
 from jax.nn import log_softmax, relu
 
-HIDDEN, SEED, LR, BATCH_SIZE, EPOCHS = (128,), 516, 0.01, 64, 25  # the article's training run
-EVAL_BATCH = 2000  # images per forward pass when measuring accuracy
+HIDDEN = (128,)  # hidden layer sizes: the network is 784-128-10
+SEED = 516  # the article's seed: the initial weights and every shuffle derive from it
+LR = 0.01  # learning rate of stochastic gradient descent
+BATCH_SIZE = 64  # images per SGD step
+EPOCHS = 25  # passes over the training set
+EVAL_BATCH = 2000  # images made floats at a time when measuring accuracy
 
 
 # --- Model: a list of (W, b) pairs, one per layer -------------------------------
 def initialize_weights(sizes, key, scale=0.02):
-    """(W, b) per layer, W of shape (m, n), entries from N(0, scale²), which break the symmetry between
-    units. Each W and b gets its own key from `split`: one key drawn from twice gives the same numbers."""
+    """(W, b) per layer, W of shape (m, n), entries from N(0, scale²), which break the symmetry between units.
+    Each W and b gets its own key from `split`: one key drawn from twice gives the same numbers. The list of
+    (W, b) tuples is a pytree: nested lists, tuples and dicts with arrays at the leaves, which grad, jit and
+    jax.tree.map take and give back whole."""
     params = []
     for m, n, layer_key in zip(sizes[:-1], sizes[1:], random.split(key, len(sizes) - 1), strict=True):
         w_key, b_key = random.split(layer_key)
@@ -64,9 +61,9 @@ def forward(params, X):
 
 # --- Loss: cross-entropy against integer labels ---------------------------------
 def cross_entropy_loss(params, X, y):
-    """Mean of -log p(true label). log_softmax subtracts each row's largest logit before exponentiating,
-    which is stable: finite where exp(logit) overflows, and where a label's softmax is 0 and its log
-    would be -inf. Each row's label picks its entry by indexing, not through a one-hot matrix."""
+    """Mean of -log p(true label). log_softmax subtracts each row's largest logit before exponentiating, which
+    is stable: finite where exp(logit) overflows, and where a label's softmax is 0 and its log would be -inf.
+    Each row's label picks its entry by indexing, not through a one-hot matrix."""
     log_probs = log_softmax(forward(params, X))
     return -jnp.mean(log_probs[jnp.arange(len(y)), y])
 
@@ -74,16 +71,16 @@ def cross_entropy_loss(params, X, y):
 # --- Update: one step of stochastic gradient descent ----------------------------
 @jit
 def update(params, X, y, lr=0.01):
-    """One SGD step; returns (new params, loss). value_and_grad gives the loss and the gradient for every
-    array in `params` in one forward and backward pass; jax.tree.map (the article's tree_map) applies
-    p - lr * g to each. jit traces the function once per input signature (shapes, dtypes, structure) and
-    compiles the trace; as the function is pure, replaying the trace computes what the Python would,
-    up to rounding."""
+    """One SGD step; returns (new params, loss). value_and_grad gives the loss and its gradient with respect to
+    `params`, a pytree of the same structure: a (dW, db) pair per layer. That shared structure is what lets
+    jax.tree.map (the article's tree_map) pair each array with its gradient, p - lr * g, at any depth. jit
+    traces the function once per input signature (shapes, dtypes, pytree structure) and compiles the trace;
+    later calls with that signature run the compiled program, not the Python. So it must be pure: a global it
+    reads, or a print, is read or done once, while tracing."""
     loss, grads = value_and_grad(cross_entropy_loss)(params, X, y)
     return jax.tree.map(lambda p, g: p - lr * g, params, grads), loss
 
 
-# --- Accuracy -------------------------------------------------------------------
 def accuracy(logits, labels):
     """Fraction of rows whose largest logit is at the true label."""
     return jnp.mean(jnp.argmax(logits, axis=1) == labels)
@@ -91,30 +88,38 @@ def accuracy(logits, labels):
 
 # --- Training loop: one compiled call per epoch, one for evaluation -------------
 def as_floats(images):
-    """float32 in [0, 1]: integer pixels (0-255, as load_mnist gives them) are divided by 255; float
-    images (the article's arrays) are in [0, 1] already."""
+    """float32 in [0, 1]: integer pixels (0-255, as load_mnist gives them) are divided by 255, float images (the
+    article's) only made float32. Under jit, `images` is a tracer whose dtype is known while tracing: this Python
+    `if` runs then, at trace time, and the compiled program holds only the branch it took."""
     return images.astype(jnp.float32) / (255 if jnp.issubdtype(images.dtype, jnp.integer) else 1)
 
 
-@partial(jit, static_argnames="batch_size")
+@jit(static_argnames="batch_size")  # the others are traced as abstract arrays, known by shape and dtype only
 def train_epoch(params, images, labels, key, lr, batch_size):
-    """One pass over the training set in one call: shuffle with `key`, cut into full batches (the
-    last, partial one is dropped) and run `update` on each inside lax.scan, which compiles the loop
-    itself. Only the batch in hand becomes floats; the losses stay on the device until their mean."""
+    """One pass over the training set as one compiled program: shuffle with `key`, cut into full batches (the
+    last, partial one is dropped), run `update` on each. batch_size is static, a plain int while tracing,
+    because the reshape below needs it as a shape; each new value compiles anew."""
     n_batches = len(labels) // batch_size
     order = random.permutation(key, len(labels))[: n_batches * batch_size]
 
-    def step(params, batch):
-        return update(params, as_floats(images[batch]), labels[batch], lr)
+    def step(params, batch):  # batch: batch_size indices into the training set; only those images become floats
+        return update(params, as_floats(images[batch]), labels[batch], lr)  # update's jit: inlined, one program
 
+    # lax.scan(f, carry, xs) calls f(carry, x) -> (carry, y) for each x in xs and returns the last carry and the
+    # ys stacked; here carry is params and y the loss, as `update` returns them. It is the Python loop
+    #     for batch in batches:
+    #         params, loss = step(params, batch)
+    #         losses.append(loss)
+    # compiled whole, with no Python between steps.
     params, losses = lax.scan(step, params, order.reshape(n_batches, batch_size))
     return params, jnp.mean(losses)
 
 
 @jit
 def evaluate(params, splits):
-    """Accuracy on each (images, labels) pair in `splits`, in one compiled call; lax.map runs forward on
-    EVAL_BATCH images at a time, so no float copy is larger than that."""
+    """Accuracy on each (images, labels) pair in `splits` (a list of pairs of arrays: a pytree), in one compiled
+    call. lax.map(f, xs) is jnp.stack([f(x) for x in xs]) run by a scan; with batch_size it vmaps f, written here
+    for one image x of shape (784,), over EVAL_BATCH images a step, so no more are floats at once."""
     return [
         accuracy(lax.map(lambda x: forward(params, as_floats(x)), images, batch_size=EVAL_BATCH), labels)
         for images, labels in splits
@@ -122,10 +127,10 @@ def evaluate(params, splits):
 
 
 def train(data, sizes, seed=SEED, epochs=EPOCHS, lr=LR, batch_size=BATCH_SIZE):
-    """The article's loop: each epoch trains (timed), measures accuracy on all training and test
-    images and prints a line. Returns the params and `results`, the article's list of (epoch, loss,
-    train acc, valid acc, seconds). Raises FloatingPointError if the loss stops being finite."""
-    train_images, train_labels, test_images, test_labels = (jax.device_put(a) for a in data)
+    """The article's loop: each epoch trains (timed), measures accuracy on all training and test images and
+    prints a line. Returns the params and `results`, the article's list of (epoch, loss, train acc, valid acc,
+    seconds). Raises FloatingPointError if the loss stops being finite."""
+    train_images, train_labels, test_images, test_labels = (jax.device_put(a) for a in data)  # copied once
     key, init_key = random.split(random.key(seed))  # random.key: the article's PRNGKey, typed
     params = jax.block_until_ready(initialize_weights(sizes, init_key))  # out of memory? say so now
     results = []
@@ -133,7 +138,7 @@ def train(data, sizes, seed=SEED, epochs=EPOCHS, lr=LR, batch_size=BATCH_SIZE):
         start = time.perf_counter()
         key, subkey = random.split(key)  # a fresh key for this epoch's shuffle
         params, loss = train_epoch(params, train_images, train_labels, subkey, lr, batch_size)
-        loss = float(loss)  # waits for the epoch to finish
+        loss = float(loss)  # asynchronous dispatch: train_epoch returned once the work was queued; this waits for it
         epoch_time = time.perf_counter() - start
         if not np.isfinite(loss):
             raise FloatingPointError(f"the loss became {loss} in epoch {epoch}")
@@ -144,17 +149,13 @@ def train(data, sizes, seed=SEED, epochs=EPOCHS, lr=LR, batch_size=BATCH_SIZE):
     return params, results
 
 
-# --- Data: the four IDX files, downloaded once, verified, cached ----------------
-MIRRORS = {  # tried in order, HTTPS first; each file is <mirror><name>.gz
-    "mnist": (
-        "https://ossci-datasets.s3.amazonaws.com/mnist/",
-        "https://storage.googleapis.com/cvdf-datasets/mnist/",
-        "http://yann.lecun.com/exdb/mnist/",
-    ),
-    "fashion": (
-        "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
-        "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
-    ),
+# --- The plumbing: the data (downloaded once, verified, cached), then main() ------
+MIRRORS = {  # mirror: its dataset; tried in this order, HTTPS first; each file is <mirror><name>.gz
+    "https://ossci-datasets.s3.amazonaws.com/mnist/": "mnist",
+    "https://storage.googleapis.com/cvdf-datasets/mnist/": "mnist",
+    "http://yann.lecun.com/exdb/mnist/": "mnist",
+    "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/": "fashion",
+    "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/": "fashion",
 }
 FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 SHA256 = {  # of the decompressed files, so that any good copy verifies, gzipped or not
@@ -168,204 +169,126 @@ SHA256 = {  # of the decompressed files, so that any good copy verifies, gzipped
     "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34": ("fashion", FILES[3]),
 }
 N_TRAIN, N_TEST = 60_000, 10_000  # images in each dataset's two parts
-DEADLINE = 30  # seconds for a whole download, from the request to the last byte
-DATA_DIR_ENV = "MLP_MNIST_DATA_DIR"  # the data folder, when --data-dir is not given
+TIMEOUT = 30  # seconds a mirror may stay silent before it counts as failed
 
 
 class UserError(Exception):
     """A problem the user can fix (the data, JAX_PLATFORMS): main() prints its message, no traceback."""
 
 
-def ceiling(name):
-    """A bound on a good copy of `name`: IDX header, a byte per pixel or label, room for gzip."""
+def verified(source, dataset, name):
+    """(raw, data): the bytes in `source` (a file or HTTP response) and the IDX file they hold, if it is `dataset`'s
+    `name`. Neither is read past a good copy's size: an endless body or gzip bomb costs no more than the real file."""
     n = N_TRAIN if name.startswith("train") else N_TEST
-    return (16 + 784 * n if "images" in name else 8 + n) * 101 // 100 + 65536
-
-
-def verified(raw, dataset, name):
-    """The IDX bytes in `raw`, gunzipped if gzip, if they are `dataset`'s file `name`; else ValueError."""
+    limit = (16 + 784 * n if "images" in name else 8 + n) * 101 // 100 + 65536
+    if len(raw := source.read(limit + 1)) > limit:
+        raise ValueError(f"it is larger than the {limit} bytes a good copy takes")
     try:
-        data = gzip.GzipFile(fileobj=io.BytesIO(raw)).read(ceiling(name)) if raw[:2] == b"\x1f\x8b" else raw
+        data = gzip.GzipFile(fileobj=io.BytesIO(raw)).read(limit) if raw[:2] == b"\x1f\x8b" else raw
     except (EOFError, OSError, zlib.error) as e:
         raise ValueError(f"damaged gzip data ({e})") from None
     if (found := SHA256.get(hashlib.sha256(data).hexdigest())) != (dataset, name):
         raise ValueError(f"it holds {found[0]}'s {found[1]} (is --dataset right?)" if found else "its SHA-256 is wrong")
-    return data
-
-
-class Redirects(urllib.request.HTTPRedirectHandler):  # follows only http and https; urllib's own, ftp too
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        if not newurl.lower().startswith(("http://", "https://")):
-            raise OSError(f"a redirect to {newurl} is refused")
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
-
-
-def download(url, limit):
-    """The body at `url` if it is at most `limit` bytes and comes within DEADLINE s. A thread reads it, so
-    the deadline holds even when headers trickle; one that overruns is a daemon, left to end by itself."""
-    answer, give_up = [], time.monotonic() + DEADLINE
-
-    def get():
-        try:
-            body = bytearray()
-            with urllib.request.build_opener(Redirects).open(url, timeout=DEADLINE) as response:
-                while len(body) <= limit and time.monotonic() < give_up and (chunk := response.read1(1 << 16)):
-                    body += chunk
-                if len(body) > limit:
-                    raise OSError(f"more than the {limit} bytes a good copy takes")
-            answer.append(bytes(body))
-        except Exception as e:  # handed over: fetch tells a failed mirror from a bug
-            answer.append(e)
-
-    (worker := threading.Thread(target=get, daemon=True)).start()
-    worker.join(DEADLINE)
-    if not answer or time.monotonic() >= give_up:
-        raise TimeoutError(f"no complete answer within {DEADLINE} s")
-    if isinstance(answer[0], Exception):
-        raise answer[0]
-    return answer[0]
-
-
-def save(raw, path):
-    """Write `raw` to a new file beside `path` (O_EXCL: no planted symlink can redirect it), then
-    rename it into place, atomically: no one ever sees a half-written file."""
-    fd, part = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(raw)
-        os.chmod(part, 0o644)  # mkstemp makes it private; it is public data, readable by all
-        os.replace(part, path)
-    except BaseException:  # Ctrl-C and SIGTERM included
-        os.remove(part)
-        raise
+    return raw, data
 
 
 def fetch(dataset, name, folder, mirrors):
-    """Verified bytes of the IDX file `name`: a copy in `folder`, gzipped or not, else the first good one
-    in `mirrors` (which a failed mirror leaves for its end), saved there. A bad file there is never replaced."""
+    """The IDX file `name`, verified: a copy in `folder`, else the first good one in `mirrors`, saved there. A bad
+    file in `folder` is never replaced; a mirror that fails is moved to the end of `mirrors`, for the next files."""
     for path in (os.path.join(folder, name + ".gz"), os.path.join(folder, name)):
         if os.path.lexists(path):
             try:
-                if not os.path.isfile(path):
-                    raise ValueError("it is not a regular file")
                 with open(path, "rb") as f:
-                    return verified(f.read(ceiling(name) + 1), dataset, name)
+                    return verified(f, dataset, name)[1]
             except (OSError, ValueError) as e:
-                raise UserError(
-                    f"{path} is unusable: {e}. It was left as it is; if it is a damaged copy, "
-                    f"delete it and run again to download a good one."
-                ) from None
+                raise UserError(f"{path} is unusable: {e}. It was left as it is; delete it if damaged.") from None
     tried = []
     for mirror in list(mirrors):
-        try:
-            raw = download(mirror + name + ".gz", ceiling(name))
-            data = verified(raw, dataset, name)
-        except (OSError, http.client.HTTPException, ValueError, OverflowError) as e:  # OSError: HTTP, network
-            tried.append(f"  {mirror}{name}.gz: {e}")
-            mirrors.append(mirrors.pop(mirrors.index(mirror)))  # asked last for the files after this one
+        try:  # timeout: how long the server may stay silent, at each wait
+            with urllib.request.urlopen(mirror + name + ".gz", timeout=TIMEOUT) as response:
+                raw, data = verified(response, dataset, name)
+        except (OSError, http.client.HTTPException, ValueError, OverflowError) as e:  # OSError: network, HTTP errors
+            tried.append(f"\n  {mirror}{name}.gz: {e}")
+            mirrors.append(mirrors.pop(mirrors.index(mirror)))
             continue
         print(f"Downloaded {name}.gz from {mirror} ({len(raw) / 1e6:.1f} MB)", file=sys.stderr)
-        try:
-            os.makedirs(folder, exist_ok=True)
-            save(raw, os.path.join(folder, name + ".gz"))
+        try:  # written in a new private folder (no planted symlink can redirect it), then renamed into place: atomic
+            with tempfile.TemporaryDirectory(dir=folder) as private:  # removed whatever happens, Ctrl-C included
+                pathlib.Path(private, name).write_bytes(raw)
+                os.replace(os.path.join(private, name), os.path.join(folder, name + ".gz"))
         except OSError as e:
-            raise UserError(
-                f"Downloaded {name}.gz but could not save it in {folder} ({e}). "
-                f"Choose a folder you can write to with --data-dir."
-            ) from None
+            raise UserError(f"Downloaded {name}.gz but could not save it in {folder} ({e}).") from None
         return data
     raise UserError(
-        f"Could not get {name}.gz from any mirror:\n" + "\n".join(tried) + "\nIf this machine is "
-        f"offline, fetch the four files ({', '.join(n + '.gz' for n in FILES)}) from a mirror on one "
-        f"that is online, copy them into a folder here and run again with --data-dir FOLDER."
+        f"Could not get {name}.gz from any mirror:{''.join(tried)}\nIf this machine is offline, copy the four .gz "
+        f"files ({', '.join(FILES)}) from one that is online into a folder here, and use --data-dir FOLDER."
     )
 
 
 def cache_home(*parts):
-    """A folder in $XDG_CACHE_HOME/mlp_mnist (ignored if relative, as XDG says) or ~/.cache/mlp_mnist."""
-    cache = os.environ.get("XDG_CACHE_HOME", "")
-    cache = cache if os.path.isabs(cache) else os.path.join(os.path.expanduser("~"), ".cache")
+    """$XDG_CACHE_HOME/mlp_mnist, else ~/.cache/mlp_mnist; None if that is not an absolute path (no home folder)."""
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
     return os.path.join(cache, "mlp_mnist", *parts) if os.path.isabs(cache) else None
 
 
 def load_mnist(dataset="mnist", data_dir=None):
-    """(train_images, train_labels, test_images, test_labels) as NumPy arrays. Images are (N, 784)
-    uint8, 0-255 as stored: a quarter of the memory of float32."""
-    folder = data_dir or os.environ.get(DATA_DIR_ENV) or cache_home(dataset)
-    if not folder:
-        raise UserError("No folder for the data: there is no home folder. Choose one with --data-dir.")
-    arrays, mirrors = [], list(MIRRORS[dataset])
+    """(train_images, train_labels, test_images, test_labels) as NumPy arrays; images (N, 784) uint8, 0-255 as
+    stored, a quarter of the memory of float32. The data folder is made, or refused, before any request."""
+    folder = data_dir or os.environ.get("MLP_MNIST_DATA_DIR") or cache_home(dataset)
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except (OSError, TypeError) as e:  # TypeError: folder is None, there is no home folder
+        raise UserError(f"No data folder: {folder or 'no home folder'} ({e}). Choose one with --data-dir.") from None
+    arrays, mirrors = [], [mirror for mirror, of in MIRRORS.items() if of == dataset]
     for name in FILES:  # each verified, so the IDX header's sizes are known: the data follow it
         data = np.frombuffer(fetch(dataset, name, folder, mirrors), np.uint8, offset=16 if "images" in name else 8)
         arrays.append(data.reshape(-1, 784) if "images" in name else data.astype(np.int32))
     return arrays
 
 
-# --- main(): the command line ---------------------------------------------------
-def use_compilation_cache():
-    """Keep compiled programs beside the data cache, so that a second run compiles nothing. A
-    JAX_COMPILATION_CACHE_DIR the user set wins; a folder that can't be written is skipped."""
-    folder = cache_home("jax")
-    with contextlib.suppress(OSError):
-        if folder and "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-            os.makedirs(folder, mode=0o700, exist_ok=True)
-            tempfile.TemporaryFile(dir=folder).close()  # can we write there?
-            jax.config.update("jax_compilation_cache_dir", folder)
-            jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)  # every program
-
-
 def number(kind, low, high):
-    """An argparse type: a `kind` from `low` to `high`, or a usage error."""
+    """An argparse type: a `kind` from `low` to `high` (never nan), or a usage error."""
 
     def parse(text):
         with contextlib.suppress(ValueError, OverflowError):
-            if low <= (value := kind(text)) <= high:  # never true for nan
+            if low <= (value := kind(text)) <= high:
                 return value
         raise argparse.ArgumentTypeError(f"{text!r} is not {kind.__name__} from {low} to {high}")
 
     return parse
 
 
-def default_device():
-    """The device JAX computes on. JAX starts its backend here, before any download; if JAX_PLATFORMS asks for one
-    that JAX can't start, it fails in its own way (RuntimeError; for cuda on a CPU-only JAX, a failed assert)."""
-    try:
-        return jax.devices()[0]
-    except Exception as e:
-        if not (platforms := os.environ.get("JAX_PLATFORMS")):
-            raise  # not the user's setting: a bug
-        reason = str(e)[:300] or type(e).__name__
-        raise UserError(
-            f"JAX could not start the backend JAX_PLATFORMS={platforms[:100]!r} names ({reason}). Unset JAX_PLATFORMS "
-            "to let JAX use a device it has (in a notebook, then restart the kernel), or, for an NVIDIA GPU, install "
-            'JAX\'s CUDA build: pip install -U "jax[cuda13]".'
-        ) from None
-
-
 def main(argv=None, compilation_cache=False):
-    """The command line (`argv`, else sys.argv[1:]); returns the exit status and never raises SystemExit, which a
-    notebook shows as an error. Errors a user can meet get a message; a closed pipe (| head) ends quietly, with 1."""
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    """The command line (`argv`, else sys.argv[1:]); returns the exit status, never raises SystemExit (a notebook shows
+    it as an error). An error the user can meet is a message, control characters escaped; a closed pipe ends quietly."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add = parser.add_argument
-    add("--dataset", choices=sorted(MIRRORS), default="mnist", help="fashion: Fashion-MNIST")
-    add("--data-dir", help=f"holds or receives the four files; default ${DATA_DIR_ENV}, else a cache folder")
-    add("--hidden", type=number(int, 1, 2**20), nargs="+", default=list(HIDDEN), help="hidden layer sizes")
-    add("--epochs", type=number(int, 1, 2**31 - 1), default=EPOCHS, help="passes over the training set")
-    add("--lr", type=number(float, 1.2e-38, 3.4e38), default=LR, help="learning rate, a float32 above 0")
-    add("--batch-size", type=number(int, 1, N_TRAIN), default=BATCH_SIZE, help="images per step")
-    add("--seed", type=number(int, 0, 2**32 - 1), default=SEED, help="for the weights and the shuffles")
+    add("--dataset", choices=sorted({d for d, _ in SHA256.values()}), default="mnist", help="(default: mnist)")
+    add("--data-dir", help="holds or receives the four files (default: $MLP_MNIST_DATA_DIR, else a cache folder)")
+    add("--hidden", type=number(int, 1, 2**20), nargs="+", default=list(HIDDEN), help="layer sizes (default: 128)")
+    add("--epochs", type=number(int, 1, 2**31 - 1), default=EPOCHS, help="passes over the data (default: 25)")
+    add("--lr", type=number(float, 1.2e-38, 3.4e38), default=LR, help="learning rate, a float32 (default: 0.01)")
+    add("--batch-size", type=number(int, 1, N_TRAIN), default=BATCH_SIZE, help="images per step (default: 64)")
+    add("--seed", type=number(int, 0, 2**32 - 1), default=SEED, help="for weights and shuffles (default: 516)")
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse has printed the help (0) or the usage error (2)
         return e.code
+    sizes = [784, *args.hidden, 10]
     try:
-        if compilation_cache:  # only as a program: a notebook kernel's JAX settings are its user's
-            use_compilation_cache()
-        print(f"JAX {jax.__version__} on {default_device().device_kind}", flush=True)
-        data = load_mnist(args.dataset, args.data_dir)
-        train(data, [784, *args.hidden, 10], args.seed, args.epochs, args.lr, args.batch_size)
+        if compilation_cache and "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # JAX reads that one itself
+            with contextlib.suppress(OSError, TypeError):  # no home, or a folder we can't write to: no cache
+                os.makedirs(folder := cache_home("jax"), mode=0o700, exist_ok=True)
+                tempfile.TemporaryFile(dir=folder).close()
+                jax.config.update("jax_compilation_cache_dir", folder)  # a second run loads what the first compiled
+                jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)  # every program, however quick
+        try:  # JAX starts its backend here, before any download
+            device = jax.devices()[0]
+        except Exception as e:  # a JAX_PLATFORMS it can't start: RuntimeError (AssertionError: cuda on CPU-only JAX)
+            hint = 'Unset JAX_PLATFORMS to use a device JAX has, or for an NVIDIA GPU: pip install -U "jax[cuda13]".'
+            raise UserError(f"JAX could not start a backend ({str(e)[:300] or type(e).__name__}). {hint}") from None
+        print(f"JAX {jax.__version__} on {device.device_kind}", flush=True)
+        train(load_mnist(args.dataset, args.data_dir), sizes, args.seed, args.epochs, args.lr, args.batch_size)
         return 0
     except KeyboardInterrupt:
         print("Interrupted.", file=sys.stderr)
@@ -377,23 +300,19 @@ def main(argv=None, compilation_cache=False):
     except jax.errors.JaxRuntimeError as e:
         if "out of memory" not in str(e).lower():
             raise  # a bug, not something the user did
-        message = f"the network {[784, *args.hidden, 10]} does not fit in memory: {str(e).splitlines()[0]}"
+        message = f"the network {sizes} does not fit in memory: {str(e).splitlines()[0]}"
     except OSError as e:  # writing the output: a closed pipe (| head), a full disk
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush can't fail too
         if isinstance(e, BrokenPipeError):
             return 1
         message = f"could not write the output ({e})"
-    # control characters (a terminal's escape sequences, from a server say) are shown escaped, never raw
     print("error: " + "".join(c if c.isprintable() or c == "\n" else repr(c)[1:-1] for c in message), file=sys.stderr)
     return 1
 
 
 if __name__ == "__main__" and "IPython" not in sys.modules:  # python mlp_mnist.py, uv run mlp_mnist.py
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # from here Ctrl-C and SIGTERM unwind,
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # so cleanup runs: exit 130
-    status = main(compilation_cache=True)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not break JAX's cleanup at exit
-    sys.exit(status)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM unwinds as Ctrl-C does: cleanup, exit 130
+    sys.exit(main(compilation_cache=True))  # the cache only here: a notebook kernel's JAX settings are its user's
 elif __name__ == "__main__":  # a notebook: %run names this file in argv[0]; a pasted cell has the kernel's argv
     ours = "__file__" in globals() and os.path.realpath(sys.argv[0]) == os.path.realpath(__file__)
     if main(None if ours else []) == 130:  # never an exit, which the kernel would show as an error
