@@ -2,11 +2,11 @@
 # requires-python = ">=3.11"
 # dependencies = ["jax>=0.9.0", "numpy>=2.0"]
 # ///
-"""Train a fully connected network (784-128-10, ReLU) on MNIST in plain JAX: part 3 of "Up and Running with JAX",
-with its names. The lesson comes first (model, loss, update, accuracy, training loop), then the data, then main().
+"""Train a fully connected network (784-128-10, ReLU) on MNIST in plain JAX.
 
-    uv run mlp_mnist.py      (or: pip install -r requirements.txt && python mlp_mnist.py)
-"""
+Part 3 of "Up and Running with JAX", with its names. The lesson comes first (model, loss, update, accuracy, training
+loop), then the plumbing: the data, then main(). Run it with `uv run mlp_mnist.py`, or `pip install -r requirements.txt`
+and `python mlp_mnist.py`."""
 
 import argparse
 import contextlib
@@ -103,7 +103,7 @@ def train_epoch(params, images, labels, key, lr, batch_size):
     order = random.permutation(key, len(labels))[: n_batches * batch_size]
 
     def step(params, batch):  # batch: batch_size indices into the training set; only those images become floats
-        return update(params, as_floats(images[batch]), labels[batch], lr)  # update's jit: inlined, one program
+        return update(params, as_floats(images[batch]), labels[batch], lr)  # update's @jit: inlined here
 
     # lax.scan(f, carry, xs) calls f(carry, x) -> (carry, y) for each x in xs and returns the last carry and the
     # ys stacked; here carry is params and y the loss, as `update` returns them. It is the Python loop
@@ -149,7 +149,7 @@ def train(data, sizes, seed=SEED, epochs=EPOCHS, lr=LR, batch_size=BATCH_SIZE):
     return params, results
 
 
-# --- The plumbing: the data (downloaded once, verified, cached), then main() ------
+# --- The plumbing: the data (downloaded once, verified, cached), then main() ----
 MIRRORS = {  # mirror: its dataset; tried in this order, HTTPS first; each file is <mirror><name>.gz
     "https://ossci-datasets.s3.amazonaws.com/mnist/": "mnist",
     "https://storage.googleapis.com/cvdf-datasets/mnist/": "mnist",
