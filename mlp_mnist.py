@@ -34,7 +34,7 @@ SEED = 516  # the article's seed: the initial weights and every shuffle derive f
 LR = 0.01  # learning rate of stochastic gradient descent
 BATCH_SIZE = 64  # images per SGD step
 EPOCHS = 25  # passes over the training set
-EVAL_BATCH = 2000  # images made floats at a time when measuring accuracy
+EVAL_BATCH = 2000  # images per step when measuring accuracy (in evaluate)
 
 
 # --- Model: a list of (W, b) pairs, one per layer -------------------------------
@@ -51,7 +51,8 @@ def initialize_weights(sizes, key, scale=0.02):
 
 
 def forward(params, X):
-    """Logits (batch, 10) for images X (batch, 784) in [0, 1]: ReLU after every layer but the last."""
+    """Logits (batch, 10) for images X (batch, 784) in [0, 1], or (10,) for one image (784,): ReLU after all but
+    the last layer."""
     activations = X
     for W, b in params[:-1]:
         activations = relu(activations @ W + b)
@@ -61,9 +62,9 @@ def forward(params, X):
 
 # --- Loss: cross-entropy against integer labels ---------------------------------
 def cross_entropy_loss(params, X, y):
-    """Mean of -log p(true label). log_softmax subtracts each row's largest logit before exponentiating, which
-    is stable: finite where exp(logit) overflows, and where a label's softmax is 0 and its log would be -inf.
-    Each row's label picks its entry by indexing, not through a one-hot matrix."""
+    """Mean of -log p(true label). log_softmax(z) is z - m - log(sum(exp(z - m))), m the largest logit: stable, as
+    no exp can overflow and a logit far below m gives a large negative number, not log(0) = -inf. Row i's label
+    picks its entry, [i, y[i]], by indexing, not through a one-hot matrix."""
     log_probs = log_softmax(forward(params, X))
     return -jnp.mean(log_probs[jnp.arange(len(y)), y])
 
@@ -74,9 +75,9 @@ def update(params, X, y, lr=0.01):
     """One SGD step; returns (new params, loss). value_and_grad gives the loss and its gradient with respect to
     `params`, a pytree of the same structure: a (dW, db) pair per layer. That shared structure is what lets
     jax.tree.map (the article's tree_map) pair each array with its gradient, p - lr * g, at any depth. jit
-    traces the function once per input signature (shapes, dtypes, pytree structure) and compiles the trace;
-    later calls with that signature run the compiled program, not the Python. So it must be pure: a global it
-    reads, or a print, is read or done once, while tracing."""
+    traces the function once for each new input signature (shapes, dtypes, pytree structure) and compiles the
+    trace; a call with a signature it has seen runs the compiled program, not the Python. So it must be pure: a
+    global it reads, or a print, is read or done only while tracing."""
     loss, grads = value_and_grad(cross_entropy_loss)(params, X, y)
     return jax.tree.map(lambda p, g: p - lr * g, params, grads), loss
 
@@ -89,28 +90,28 @@ def accuracy(logits, labels):
 # --- Training loop: one compiled call per epoch, one for evaluation -------------
 def as_floats(images):
     """float32 in [0, 1]: integer pixels (0-255, as load_mnist gives them) are divided by 255, float images (the
-    article's) only made float32. Under jit, `images` is a tracer whose dtype is known while tracing: this Python
-    `if` runs then, at trace time, and the compiled program holds only the branch it took."""
+    article's) only made float32. Under jit, `images` is a tracer, a stand-in known by shape and dtype only: this
+    Python `if` runs then, at trace time, and the compiled program holds only the division it chose."""
     return images.astype(jnp.float32) / (255 if jnp.issubdtype(images.dtype, jnp.integer) else 1)
 
 
 @jit(static_argnames="batch_size")  # the others are traced as abstract arrays, known by shape and dtype only
 def train_epoch(params, images, labels, key, lr, batch_size):
-    """One pass over the training set as one compiled program: shuffle with `key`, cut into full batches (the
-    last, partial one is dropped), run `update` on each. batch_size is static, a plain int while tracing,
-    because the reshape below needs it as a shape; each new value compiles anew."""
+    """One pass over the training set as one compiled program: shuffle with `key`, cut into full batches (the last,
+    partial one is dropped), run `update` on each; return the params and the mean of the steps' losses. batch_size
+    is static, a plain int while tracing, as the reshape below needs it for a shape; each new value compiles anew."""
     n_batches = len(labels) // batch_size
     order = random.permutation(key, len(labels))[: n_batches * batch_size]
 
-    def step(params, batch):  # batch: batch_size indices into the training set; only those images become floats
-        return update(params, as_floats(images[batch]), labels[batch], lr)  # update's @jit: inlined here
+    def step(params, batch):  # batch: batch_size indices; only those images become floats
+        return update(params, as_floats(images[batch]), labels[batch], lr)  # update: traced into this program
 
-    # lax.scan(f, carry, xs) calls f(carry, x) -> (carry, y) for each x in xs and returns the last carry and the
-    # ys stacked; here carry is params and y the loss, as `update` returns them. It is the Python loop
-    #     for batch in batches:
+    # lax.scan(f, carry, xs) calls f(carry, x) -> (carry, y) for each x in xs, tracing f once, and returns the last
+    # carry and the ys stacked: here carry is params, x a batch of indices, y its loss. As Python, without the jit:
+    #     losses = []
+    #     for batch in order.reshape(n_batches, batch_size):
     #         params, loss = step(params, batch)
     #         losses.append(loss)
-    # compiled whole, with no Python between steps.
     params, losses = lax.scan(step, params, order.reshape(n_batches, batch_size))
     return params, jnp.mean(losses)
 
@@ -127,18 +128,18 @@ def evaluate(params, splits):
 
 
 def train(data, sizes, seed=SEED, epochs=EPOCHS, lr=LR, batch_size=BATCH_SIZE):
-    """The article's loop: each epoch trains (timed), measures accuracy on all training and test images and
-    prints a line. Returns the params and `results`, the article's list of (epoch, loss, train acc, valid acc,
-    seconds). Raises FloatingPointError if the loss stops being finite."""
+    """The article's loop: each epoch trains (timed; the first includes compiling), measures accuracy on all training
+    and test images and prints a line. Returns the params and `results`, the article's list of (epoch, loss, train
+    acc, valid acc, seconds). Raises FloatingPointError if the loss stops being finite."""
     train_images, train_labels, test_images, test_labels = (jax.device_put(a) for a in data)  # copied once
-    key, init_key = random.split(random.key(seed))  # random.key: the article's PRNGKey, typed
-    params = jax.block_until_ready(initialize_weights(sizes, init_key))  # out of memory? say so now
+    key, init_key = random.split(random.key(seed))  # random.key: today's form of the article's random.PRNGKey
+    params = jax.block_until_ready(initialize_weights(sizes, init_key))  # too large for memory? fail here, at once
     results = []
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
         key, subkey = random.split(key)  # a fresh key for this epoch's shuffle
         params, loss = train_epoch(params, train_images, train_labels, subkey, lr, batch_size)
-        loss = float(loss)  # asynchronous dispatch: train_epoch returned once the work was queued; this waits for it
+        loss = float(loss)  # asynchronous dispatch: train_epoch returned once the epoch was queued; float waits
         epoch_time = time.perf_counter() - start
         if not np.isfinite(loss):
             raise FloatingPointError(f"the loss became {loss} in epoch {epoch}")
