@@ -233,12 +233,11 @@ def cache_home(*parts):
 
 
 def load_mnist(dataset="mnist", data_dir=None):
-    """(train_images, train_labels, test_images, test_labels) as NumPy arrays; images (N, 784) uint8, 0-255 as
-    stored, a quarter of the memory of float32. The data folder is made, or refused, before any request."""
+    """(train_images, train_labels, test_images, test_labels), NumPy arrays; images (N, 784) uint8, 0-255 as stored."""
     folder = data_dir or os.environ.get("MLP_MNIST_DATA_DIR") or cache_home(dataset)
     try:
         os.makedirs(folder, exist_ok=True)
-        os.listdir(folder)  # one we can't read would look empty
+        os.listdir(folder)  # made, or refused, before any request (a folder we can't read would look empty)
     except (OSError, TypeError) as e:  # TypeError: folder is None, there is no home folder
         raise UserError(f"No data folder: {folder or 'no home folder'} ({e}). Choose one with --data-dir.") from None
     arrays, mirrors = [], [mirror for mirror, of in MIRRORS.items() if of == dataset]
@@ -261,8 +260,7 @@ def number(kind, low, high):
 
 
 def main(argv=None, compilation_cache=False):
-    """The command line (`argv`, else sys.argv[1:]); returns the exit status, never raises SystemExit (a notebook shows
-    it as an error). An error the user can meet is a message, control characters escaped; a closed pipe ends quietly."""
+    """The command line (`argv`, else sys.argv[1:]): returns the exit status, never SystemExit (a notebook's error)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add = parser.add_argument
     add("--dataset", choices=sorted({d for d, _ in SHA256.values()}), default="mnist", help="(default: mnist)")
@@ -296,7 +294,7 @@ def main(argv=None, compilation_cache=False):
         print("Interrupted.", file=sys.stderr)
         return 130
     except UserError as e:
-        message = str(e)
+        message = str(e)  # it may quote a server: control characters are shown escaped below, never raw
     except FloatingPointError as e:
         message = f"{e}. The learning rate {args.lr} is probably too large; try a smaller --lr (default {LR})."
     except jax.errors.JaxRuntimeError as e:
@@ -313,7 +311,9 @@ def main(argv=None, compilation_cache=False):
 
 if __name__ == "__main__" and "IPython" not in sys.modules:  # python mlp_mnist.py, uv run mlp_mnist.py
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM unwinds as Ctrl-C does: cleanup, exit 130
-    sys.exit(main(compilation_cache=True))  # the cache only here: a notebook kernel's JAX settings are its user's
+    if (status := main(compilation_cache=True)) == 130:  # the cache only here: a kernel's JAX settings are its user's
+        os._exit(130)  # at once, not after the computation in flight (a large network's epoch) has finished
+    sys.exit(status)
 elif __name__ == "__main__":  # a notebook: %run names this file in argv[0]; a pasted cell has the kernel's argv
     ours = "__file__" in globals() and os.path.realpath(sys.argv[0]) == os.path.realpath(__file__)
     if main(None if ours else []) == 130:  # never an exit, which the kernel would show as an error
