@@ -106,12 +106,12 @@ def train_epoch(params, images, labels, key, lr, batch_size):
     def step(params, batch):  # batch: batch_size indices; only those images become floats
         return update(params, as_floats(images[batch]), labels[batch], lr)  # update: traced into this program
 
-    # lax.scan(f, carry, xs) calls f(carry, x) -> (carry, y) for each x in xs, tracing f once, and returns the last
-    # carry and the ys stacked: here carry is params, x a batch of indices, y its loss. As Python, without the jit:
+    # In plain Python, the line below is this loop; lax.scan(f, carry, xs) runs it compiled, tracing f once:
     #     losses = []
     #     for batch in order.reshape(n_batches, batch_size):
     #         params, loss = step(params, batch)
     #         losses.append(loss)
+    # f(carry, x) returns (carry, y), here (params, loss); scan returns the last carry and the ys stacked, as losses.
     params, losses = lax.scan(step, params, order.reshape(n_batches, batch_size))
     return params, jnp.mean(losses)
 
@@ -133,7 +133,7 @@ def train(data, sizes, seed=SEED, epochs=EPOCHS, lr=LR, batch_size=BATCH_SIZE):
     acc, valid acc, seconds). Raises FloatingPointError if the loss stops being finite."""
     train_images, train_labels, test_images, test_labels = (jax.device_put(a) for a in data)  # copied once
     key, init_key = random.split(random.key(seed))  # random.key: today's form of the article's random.PRNGKey
-    params = jax.block_until_ready(initialize_weights(sizes, init_key))  # too large for memory? fail here, at once
+    params = jax.block_until_ready(initialize_weights(sizes, init_key))  # wait: a too-large network fails here
     results = []
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
