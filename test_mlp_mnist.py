@@ -8,6 +8,7 @@ No network but 127.0.0.1: the mirrors are local HTTP servers, the data tiny IDX 
 
 import ast
 import contextlib
+import functools
 import gzip
 import hashlib
 import http.server
@@ -916,14 +917,14 @@ def test_in_a_notebook_it_runs_with_no_exit_and_leaves_the_kernels_signals(tiny,
     cell = {"__name__": "__main__"}
     exec(definitions, cell)
     cell["SHA256"].update({hashlib.sha256(data).hexdigest(): ("mnist", name) for name, data in tiny.items()})
-    cell.update(N_TRAIN=256, N_TEST=100, MIRRORS={}, EPOCHS=3)  # no download, and a shorter default run
+    cell.update(N_TRAIN=256, N_TEST=100, MIRRORS={}, EPOCHS=2)  # no download, and a shorter default run
     for file in [None, "/home/me/analysis.ipynb"]:  # no __file__ (Jupyter), or one (VS Code, or left by %run -i)
         if file:
             cell["__file__"] = file
         exec(entry, cell)  # a SystemExit would end the test here
         out = capsys.readouterr().out.splitlines()
         assert out[0].startswith("JAX ") and [line[: line.index(":")] for line in out[1:]] == [
-            f"Epoch {i}/3" for i in range(1, 4)
+            f"Epoch {i}/2" for i in range(1, 3)
         ]
     assert [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)] == handlers  # still the kernel's
     assert jax.config.jax_compilation_cache_dir == cache_dir
@@ -932,7 +933,7 @@ def test_in_a_notebook_it_runs_with_no_exit_and_leaves_the_kernels_signals(tiny,
     cell["__file__"] = SCRIPT  # %run mlp_mnist.py sets it to the absolute path, sys.argv[0] to the name as typed
     monkeypatch.chdir(ROOT)
     for args, expected_out, expected_err in [
-        (["--epochs", "3"], "Epoch 3/3:", ""),
+        (["--epochs", "1"], "Epoch 1/1:", ""),
         (["--epochs", "0"], "", "usage:"),
         (["--help"], "usage:", ""),
         (["--data-dir", str(tmp_path / "empty")], "JAX ", "error: Could not get train-images-idx3-ubyte.gz"),
@@ -953,9 +954,9 @@ def test_in_a_notebook_it_runs_with_no_exit_and_leaves_the_kernels_signals(tiny,
     assert [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)] == handlers
 
 
-@pytest.mark.parametrize("platforms", ["cuda", "tpu", "cpuu"])
+@pytest.mark.parametrize("platforms", ["cuda", "cpuu"])  # JAX's AssertionError, and its RuntimeError
 def test_a_backend_that_jax_cannot_start_exits_1_with_a_message(platforms, run_tiny, tmp_path):
-    plugins = {"cuda": ("jax_cuda12_plugin", "jax_cuda13_plugin"), "tpu": ("libtpu",), "cpuu": ()}[platforms]
+    plugins = {"cuda": ("jax_cuda12_plugin", "jax_cuda13_plugin"), "cpuu": ()}[platforms]
     if any(importlib.util.find_spec(plugin) for plugin in plugins):
         pytest.skip(f"JAX here can start {platforms}")
     proc = run_tiny(
@@ -993,6 +994,7 @@ def test_the_readmes_code_runs_pasted_into_python(block, monkeypatch, tmp_path, 
     the synthetic set), run as `python -i` runs what is pasted: statement by statement, echoing the value of any
     bare expression, even inside a loop. A bare `loss.block_until_ready()` there would print Array(...)."""
     monkeypatch.setattr(m, "load_mnist", lambda *args, **kwargs: [*synthetic(512, 0), *synthetic(100, 1)])
+    monkeypatch.setattr(m, "train", functools.partial(m.train, epochs=2))  # the blocks' 25 epochs, shortened
     monkeypatch.chdir(tmp_path)
     namespace = {"__name__": "__readme__"}
     for statement in ast.parse(block).body:
