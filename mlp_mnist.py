@@ -251,7 +251,7 @@ def number(kind, low, high):
     """An argparse type: a `kind` from `low` to `high` (never nan), or a usage error."""
 
     def parse(text):
-        with contextlib.suppress(ValueError, OverflowError):
+        with contextlib.suppress(ValueError):  # what int() or float() can't read
             if low <= (value := kind(text)) <= high:
                 return value
         raise argparse.ArgumentTypeError(f"{text!r} is not {kind.__name__} from {low} to {high}")
@@ -279,7 +279,7 @@ def main(argv=None, compilation_cache=False):
         if compilation_cache and "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # JAX reads that one itself
             with contextlib.suppress(OSError, TypeError):  # no home, or a folder we can't write to: no cache
                 os.makedirs(folder := cache_home("jax"), mode=0o700, exist_ok=True)
-                tempfile.TemporaryFile(dir=folder).close()
+                tempfile.TemporaryFile(dir=folder).close()  # can we write there? if not, no cache
                 jax.config.update("jax_compilation_cache_dir", folder)  # a second run loads what the first compiled
                 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)  # every program, however quick
         try:  # JAX starts its backend here, before any download
