@@ -50,11 +50,11 @@ def cross_entropy_loss(params, X, y):
     return -jnp.mean(log_probs[jnp.arange(len(y)), y])  # row i's entry in column y[i]: no one-hot matrix
 
 
-@jit  # traces update once per new input shape and dtype, compiles that; later calls run the compiled program only
-def update(params, X, y, lr=0.01):  # so it must be pure: a print in here would run while tracing, never again
+@jit  # on the first call with new input shapes or dtypes, traces update and compiles it; later calls skip the Python
+def update(params, X, y, lr=0.01):  # so it must be pure: a print in here would run only while tracing
     """One SGD step: returns the new params and the batch's loss."""
-    loss, grads = value_and_grad(cross_entropy_loss)(params, X, y)  # grads: a pytree of the same shape as params
-    return jax.tree.map(lambda p, g: p - lr * g, params, grads), loss  # p - lr * g for every array and its gradient
+    loss, grads = value_and_grad(cross_entropy_loss)(params, X, y)  # grads: a pytree of the same structure as params
+    return jax.tree.map(lambda p, g: p - lr * g, params, grads), loss  # p - lr * g for each leaf; tree_util.tree_map
 
 
 def accuracy(logits, labels):
@@ -72,6 +72,7 @@ def train_epoch(params, images, labels, batches, lr):
     #         params, loss = update(params, images[batch], labels[batch], lr)  # update: traced into this program
     #         losses.append(loss)
     # f(carry, x) returns (carry, y): the carry, here params, goes on to the next step; the ys come back stacked.
+    # f may read images, labels and lr from train_epoch: traced with it, as arrays (so a new lr compiles nothing new)
     params, losses = lax.scan(lambda params, batch: update(params, images[batch], labels[batch], lr), params, batches)
     return params, jnp.mean(losses)
 
@@ -82,7 +83,7 @@ evaluate = jit(lambda params, X, y: accuracy(forward(params, X), y))  # jit as a
 def train(data, sizes, seed=516, epochs=25, lr=0.01, batch_size=64):
     """Trains a network of layer `sizes` on `data`, printing a line per epoch; returns the params and `results`."""
     train_images, train_labels, test_images, test_labels = (jax.device_put(a) for a in data)  # on the device once
-    key, init_key = random.split(random.key(seed))  # a typed key: today's form of the article's random.PRNGKey
+    key, init_key = random.split(random.key(seed))  # random.key: today's form of the article's PRNGKey(516)
     params = initialize_weights(sizes, init_key)
     n_batches = len(train_labels) // batch_size  # full batches only: the last, partial one is dropped
     results = []  # the article's list: (epoch, loss, train accuracy, valid accuracy, seconds)
@@ -91,11 +92,11 @@ def train(data, sizes, seed=516, epochs=25, lr=0.01, batch_size=64):
         key, shuffle_key = random.split(key)  # a new key for each epoch's order
         order = random.permutation(shuffle_key, len(train_labels))[: n_batches * batch_size]
         params, loss = train_epoch(params, train_images, train_labels, order.reshape(n_batches, batch_size), lr)
-        loss = float(loss)  # asynchronous dispatch: train_epoch returned before the epoch ran; float() waits for it
+        loss = float(loss)  # asynchronous dispatch: train_epoch returned once the epoch was queued; float() waits
         epoch_time = time.perf_counter() - start  # the first epoch's includes compiling train_epoch
         if not np.isfinite(loss):
             raise FloatingPointError(f"the loss became {loss} in epoch {epoch}: try a smaller learning rate than {lr}")
-        train_acc = float(evaluate(params, train_images, train_labels))  # on all 60,000 training images
+        train_acc = float(evaluate(params, train_images, train_labels))  # on every training image
         valid_acc = float(evaluate(params, test_images, test_labels))  # "valid": on the 10,000 test images
         results.append((epoch, loss, train_acc, valid_acc, epoch_time))
         accuracies = f"train acc.: {train_acc:.3f}, valid acc.: {valid_acc:.3f}"
@@ -141,11 +142,9 @@ def fetch(dataset, name, folder):
             with tempfile.TemporaryDirectory(dir=folder) as part:
                 pathlib.Path(part, name).write_bytes(raw)
                 os.replace(os.path.join(part, name), os.path.join(folder, name + ".gz"))
-        shape = np.frombuffer(data, ">u4", count=data[3], offset=4)  # IDX: 0, 0, 8, k, then k big-endian sizes
-        return np.frombuffer(data, np.uint8, offset=4 + 4 * data[3]).reshape(shape)
-    advice = (
-        "It was left as it is: delete it if damaged." if copies else "Offline? Copy the four .gz files to a folder."
-    )
+        shape = np.frombuffer(data, ">u4", count=data[3], offset=4)  # IDX: 0, 0, 8 (uint8), k; k sizes, big-endian
+        return np.frombuffer(data, np.uint8, offset=4 + 4 * data[3]).reshape(shape)  # (count, rows, cols) or (count,)
+    advice = "It was left as it is: delete it if damaged." if copies else "Offline? Put the four .gz files in a folder."
     raise OSError(f"No good copy of {dataset}'s {name}:{answers}\n{advice} --data-dir FOLDER picks the folder to read.")
 
 
