@@ -149,15 +149,15 @@ def fetch(dataset, name, folder):
 
 
 def load_mnist(dataset="mnist", data_dir=None):
-    """Train images, train labels, test images, test labels: images (N, 784) float32 in [0, 1], labels uint8."""
+    """Train images, train labels, test images, test labels, as JAX arrays: images (N, 784), labels (N,)."""
     folder = data_dir or os.environ.get("MLP_MNIST_DATA_DIR") or os.path.join(CACHE, dataset)
     try:
         os.makedirs(folder, exist_ok=True)
         os.listdir(folder)  # a folder we can't read would look empty: refuse it now, before any download
     except OSError as e:
         raise OSError(f"No data folder: {e}. Choose another with --data-dir.") from None
-    arrays = [fetch(dataset, name, folder) for of, name in SHA256 if of == dataset]
-    return [a.reshape(len(a), 784) / np.float32(255) if a.ndim == 3 else a for a in arrays]  # images: floats in [0, 1]
+    arrays = [jnp.asarray(fetch(dataset, name, folder)) for of, name in SHA256 if of == dataset]  # on JAX's device
+    return [a.reshape(len(a), 784) / 255 if a.ndim == 3 else a for a in arrays]  # images: float32 in [0, 1]
 
 
 def main(argv=None):

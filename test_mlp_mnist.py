@@ -3,6 +3,7 @@
 loopback HTTP servers, the data tiny IDX files written here."""
 
 import ast
+import concurrent.futures
 import functools
 import gzip
 import hashlib
@@ -184,8 +185,8 @@ def tiny(monkeypatch):
     # an IDX file: 0, 0, 8 (uint8), the number of dimensions; each size as a big-endian uint32; the values
     idx = [bytes([0, 0, 8, a.ndim]) + np.array(a.shape, ">u4").tobytes() + a.astype(np.uint8).tobytes() for a in arrays]
     files = dict(zip([name for of, name in m.SHA256 if of == "mnist"], idx))
-    for name, data in files.items():
-        monkeypatch.setitem(m.SHA256, ("mnist", name), hashlib.sha256(data).hexdigest())
+    for (dataset, name), data in zip(m.SHA256.copy(), 2 * list(files.values())):  # MNIST's files, and Fashion's
+        monkeypatch.setitem(m.SHA256, (dataset, name), hashlib.sha256(data).hexdigest())
     monkeypatch.setattr(m, "MIRRORS", [])
     return files
 
@@ -227,10 +228,10 @@ def server():
     httpd.shutdown()
 
 
-def mirror(server, prefix, files, status=200):
-    """Serves `files`, gzipped, under /prefix/ and makes that a mirror of "mnist"."""
+def mirror(server, prefix, files, status=200, dataset="mnist"):
+    """Serves `files`, gzipped, under /prefix/ and makes that a mirror of `dataset`."""
     server.routes.update({f"/{prefix}/{name}.gz": (status, gzip.compress(data)) for name, data in files.items()})
-    m.MIRRORS.append(("mnist", f"{server.url}/{prefix}/"))
+    m.MIRRORS.append((dataset, f"{server.url}/{prefix}/"))
 
 
 def test_where_the_data_come_from(tiny, tmp_path, server, monkeypatch):
@@ -243,13 +244,13 @@ def test_where_the_data_come_from(tiny, tmp_path, server, monkeypatch):
     gz, raw = folder_with(tmp_path / "gz", tiny), folder_with(tmp_path / "raw", tiny, gz=False)
     gz.chmod(0o555)  # read-only; root writes there all the same, so the snapshot is what shows nothing was written
     before = snapshot(gz)
+    monkeypatch.setenv("MLP_MNIST_DATA_DIR", str(tmp_path / "not-read"))  # --data-dir comes first
     from_gz, from_raw = m.load_mnist(data_dir=str(gz)), m.load_mnist(data_dir=str(raw))
-    assert snapshot(gz) == before and server.requests == []
+    assert snapshot(gz) == before and server.requests == [] and not os.path.exists(tmp_path / "not-read")
     assert all(np.array_equal(a, b) for a, b in zip(from_gz, from_raw, strict=True))
-    train_images, train_labels, test_images, test_labels = from_gz
-    assert train_images.shape == (256, 784) and train_images.dtype == np.float32 and test_labels.shape == (100,)
-    np.testing.assert_allclose(train_images, synthetic(256, 0)[0], atol=1e-6)
-    np.testing.assert_array_equal(test_labels, synthetic(100, 1)[1])
+    assert from_gz[0].shape == (256, 784) and from_gz[0].dtype == np.float32 and from_gz[3].shape == (100,)
+    np.testing.assert_allclose(from_gz[0], synthetic(256, 0)[0], atol=1e-6)
+    np.testing.assert_array_equal(from_gz[3], synthetic(100, 1)[1])
     monkeypatch.setenv("MLP_MNIST_DATA_DIR", str(raw))
     assert len(m.load_mnist()[0]) == 256 and server.requests == []
     monkeypatch.delenv("MLP_MNIST_DATA_DIR")
@@ -257,6 +258,9 @@ def test_where_the_data_come_from(tiny, tmp_path, server, monkeypatch):
     assert server.requests[:2] == ["/forbidden/train-images-idx3-ubyte.gz", "/good/train-images-idx3-ubyte.gz"]
     assert sorted(os.listdir(os.path.join(m.CACHE, "mnist"))) == sorted(name + ".gz" for name in tiny)
     assert len(m.load_mnist()[0]) == 256 and len(server.requests) == 8  # a second run reads the cache
+    mirror(server, "fashion", tiny, dataset="fashion")  # --dataset fashion: its own mirrors, checksums and folder
+    assert m.main(["--dataset", "fashion", "--epochs", "1"]) == 0 and len(os.listdir(f"{m.CACHE}/fashion")) == 4
+    assert server.requests[8:] == [f"/fashion/{name}.gz" for name in tiny]
 
 
 BAD_DOWNLOADS = [(200, b"<html>Error 503</html>"), (200, gzip.compress(bytes(5000))[:-40]), ("cut", bytes(999))]
@@ -292,13 +296,10 @@ def test_saving_leaves_no_half_file_after_an_error_or_ctrl_c_and_three_runs_at_o
         patch.setattr(os, "replace", Mock(side_effect=error))  # as the first file is renamed into place
         m.load_mnist()
     assert os.listdir(os.path.join(m.CACHE, "mnist")) == []
-    start, results = threading.Barrier(3), []
-    threads = [threading.Thread(target=lambda: (start.wait(), results.append(m.load_mnist()))) for _ in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert len(results) == 3 and all(np.array_equal(r[1], results[0][1]) for r in results)
+    start = threading.Barrier(3)  # three runs at once on an empty cache
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(lambda _: (start.wait(), m.load_mnist())[1], range(3)))
+    assert all(np.array_equal(r[1], results[0][1]) for r in results)
     assert sorted(os.listdir(os.path.join(m.CACHE, "mnist"))) == sorted(name + ".gz" for name in tiny)
 
 
