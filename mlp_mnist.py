@@ -29,7 +29,7 @@ def initialize_weights(sizes, key, scale=0.02):
     """A (W, b) pair per layer, W of shape (m, n), every entry drawn from N(0, scale²)."""
     params = []  # a list of tuples of arrays is a pytree: grad, jit and jax.tree.map take and return it whole
     for m, n, layer_key in zip(sizes[:-1], sizes[1:], random.split(key, len(sizes) - 1)):  # a key per layer
-        w_key, b_key = random.split(layer_key)  # one key used twice draws the same numbers twice: split it instead
+        w_key, b_key = random.split(layer_key)  # a key used twice gives the same random bits twice: split it
         params.append((scale * random.normal(w_key, (m, n)), scale * random.normal(b_key, (n,))))
     return params
 
@@ -38,7 +38,7 @@ def forward(params, X):
     """The logits, a score per class, for a batch of images: ReLU after every layer but the last."""
     activations = X  # (batch, 784): the 28 x 28 pixels of each image, in [0, 1]
     for W, b in params[:-1]:
-        activations = relu(activations @ W + b)  # (batch, 784) @ (784, 128) + (128,) -> (batch, 128)
+        activations = relu(activations @ W + b)  # first layer: (batch, 784) @ (784, 128) + (128,) -> (batch, 128)
     W, b = params[-1]
     return activations @ W + b  # (batch, 128) @ (128, 10) + (10,) -> (batch, 10)
 
@@ -54,7 +54,7 @@ def cross_entropy_loss(params, X, y):
 def update(params, X, y, lr=0.01):  # so it must be pure: a print in here would run only while tracing
     """One SGD step: returns the new params and the batch's loss."""
     loss, grads = value_and_grad(cross_entropy_loss)(params, X, y)  # grads: a pytree of the same structure as params
-    return jax.tree.map(lambda p, g: p - lr * g, params, grads), loss  # p - lr * g for each leaf; tree_util.tree_map
+    return jax.tree.map(lambda p, g: p - lr * g, params, grads), loss  # each array p with its gradient g: p - lr * g
 
 
 def accuracy(logits, labels):
@@ -82,7 +82,7 @@ evaluate = jit(lambda params, X, y: accuracy(forward(params, X), y))  # jit as a
 
 def train(data, sizes, seed=516, epochs=25, lr=0.01, batch_size=64):
     """Trains a network of layer `sizes` on `data`, printing a line per epoch; returns the params and `results`."""
-    train_images, train_labels, test_images, test_labels = (jax.device_put(a) for a in data)  # on the device once
+    train_images, train_labels, test_images, test_labels = (jax.device_put(a) for a in data)  # on JAX's device, once
     key, init_key = random.split(random.key(seed))  # random.key: today's form of the article's PRNGKey(516)
     params = initialize_weights(sizes, init_key)
     n_batches = len(train_labels) // batch_size  # full batches only: the last, partial one is dropped
