@@ -101,9 +101,8 @@ def test_shapes_dtypes_scale_and_update_is_one_sgd_step_with_the_articles_defaul
     X, y = random.uniform(random.key(1), (5, 784)), jnp.arange(5)
     assert m.forward(params, X).shape == (5, 10) and m.forward(params, X[0]).shape == (10,)
     loss, grads = m.cross_entropy_loss(params, X, y), jax.grad(m.cross_entropy_loss)(params, X, y)
-    assert loss.shape == () and loss.dtype == jnp.float32
     for lr, (new_params, step_loss) in [(0.5, m.update(params, X, y, 0.5)), (0.01, m.update(params, X, y))]:
-        assert jax.tree.structure(new_params) == jax.tree.structure(params) and float(step_loss) == float(loss)
+        assert jax.tree.structure(new_params) == jax.tree.structure(params) and step_loss == loss and loss.shape == ()
         for p, g, new in zip(*(jax.tree.leaves(t) for t in (params, grads, new_params)), strict=True):
             np.testing.assert_allclose(new, p - lr * g, rtol=1e-5, atol=1e-7)
 
@@ -112,8 +111,7 @@ def test_shapes_dtypes_scale_and_update_is_one_sgd_step_with_the_articles_defaul
 def test_log_softmax_keeps_the_loss_finite_and_right_where_log_of_softmax_fails_and_accuracy():
     biases = jnp.array([1000.0, 1001, 1002, 1003, 1004, 1005, 1006, 1007, 1008, 0])
     params = [(jnp.zeros((784, 10)), biases)]  # one layer: the logits are the biases
-    X, y = jnp.ones((2, 784)), jnp.array([0, 9])
-    b = np.asarray(biases, np.float64)
+    X, y, b = jnp.ones((2, 784)), jnp.array([0, 9]), np.asarray(biases, np.float64)
     logsumexp = b.max() + np.log(np.exp(b - b.max()).sum())  # -log p(label) = logsumexp(logits) - logit of the label
     assert float(m.cross_entropy_loss(params, X, y)) == pytest.approx(np.mean(logsumexp - b[[0, 9]]), rel=1e-6)
     logits = m.forward(params, X)  # written out, exp(1000) overflows: inf / inf = nan; max-shifted, log(0) = -inf
@@ -121,8 +119,7 @@ def test_log_softmax_keeps_the_loss_finite_and_right_where_log_of_softmax_fails_
     assert np.isinf(jnp.log(jax.nn.softmax(logits))[:, 9]).all()
     uniform = [(jnp.zeros((784, 10)), jnp.zeros(10))]  # every logit 0: p = 1/10 for each class, a loss of log(10)
     assert float(m.cross_entropy_loss(uniform, jnp.ones((7, 784)), jnp.arange(7))) == pytest.approx(np.log(10))
-    logits = jnp.array([[0.0, 2, 1], [3, 0, 0], [0, 0, 1], [1, 0, 0]])
-    assert float(m.accuracy(logits, jnp.array([1, 0, 2, 2]))) == 0.75
+    assert m.accuracy(jnp.array([[0.0, 2, 1], [3, 0, 0], [0, 0, 1], [1, 0, 0]]), jnp.array([1, 0, 2, 2])) == 0.75
 
 
 # --- The compiled epoch, and learning ----------------------------------------------------------------------------
@@ -151,9 +148,12 @@ def test_train_epoch_is_the_python_loop_over_update():
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
-def test_train_learns_prints_the_articles_lines_and_repeats_with_a_seed(capsys):
-    data = (*synthetic(512, 0), *synthetic(200, 1))
+def test_train_shuffles_learns_prints_the_articles_lines_and_repeats_with_a_seed(capsys, monkeypatch):
+    data, batches, epoch = (*synthetic(500, 0), *synthetic(200, 1)), [], m.train_epoch
+    monkeypatch.setattr(m, "train_epoch", lambda *args: batches.append(np.asarray(args[3])) or epoch(*args))
     params, results = m.train(data, [784, 16, 10], seed=0, epochs=4, lr=0.1, batch_size=16)
+    assert all(b.shape == (31, 16) and len(set(b.ravel())) == 496 for b in batches)  # 31 full batches: 4 left out
+    assert len({b.tobytes() for b in batches}) == 4  # a new order each epoch
     assert [r[0] for r in results] == [1, 2, 3, 4] and all(type(x) is float for r in results for x in r[1:])
     assert results[-1][1] < results[0][1] / 2 and results[-1][3] > 0.95
     assert results[-1][3] == pytest.approx(float(m.evaluate(params, data[2], data[3])))
@@ -249,12 +249,11 @@ def test_where_the_data_come_from(tiny, tmp_path, server, monkeypatch):
     assert snapshot(gz) == before and server.requests == [] and not os.path.exists(tmp_path / "not-read")
     assert all(np.array_equal(a, b) for a, b in zip(from_gz, from_raw, strict=True))
     assert from_gz[0].shape == (256, 784) and from_gz[0].dtype == np.float32 and from_gz[3].shape == (100,)
-    np.testing.assert_allclose(from_gz[0], synthetic(256, 0)[0], atol=1e-6)
-    np.testing.assert_array_equal(from_gz[3], synthetic(100, 1)[1])
+    assert np.allclose(from_gz[0], synthetic(256, 0)[0], atol=1e-6) and np.array_equal(from_gz[3], synthetic(100, 1)[1])
     monkeypatch.setenv("MLP_MNIST_DATA_DIR", str(raw))
     assert len(m.load_mnist()[0]) == 256 and server.requests == []
-    monkeypatch.delenv("MLP_MNIST_DATA_DIR")
-    m.load_mnist()  # the first mirror refuses each file, the second sends it; saved in the cache
+    monkeypatch.delenv("MLP_MNIST_DATA_DIR")  # now the cache: the first mirror refuses each file, the second sends it
+    m.load_mnist()
     assert server.requests[:2] == ["/forbidden/train-images-idx3-ubyte.gz", "/good/train-images-idx3-ubyte.gz"]
     assert sorted(os.listdir(os.path.join(m.CACHE, "mnist"))) == sorted(name + ".gz" for name in tiny)
     assert len(m.load_mnist()[0]) == 256 and len(server.requests) == 8  # a second run reads the cache
