@@ -97,7 +97,7 @@ def train(data, sizes, seed=516, epochs=25, lr=0.01, batch_size=64):
         if not np.isfinite(loss):
             raise FloatingPointError(f"the loss became {loss} in epoch {epoch}: try a smaller learning rate than {lr}")
         train_acc = float(evaluate(params, train_images, train_labels))  # on every training image
-        valid_acc = float(evaluate(params, test_images, test_labels))  # "valid": on the 10,000 test images
+        valid_acc = float(evaluate(params, test_images, test_labels))  # "valid", as in the article: the test set
         results.append((epoch, loss, train_acc, valid_acc, epoch_time))
         accuracies = f"train acc.: {train_acc:.3f}, valid acc.: {valid_acc:.3f}"
         print(f"Epoch {epoch}/{epochs}: loss: {loss:.4f}, {accuracies}, time: {epoch_time:.2f} sec.", flush=True)
