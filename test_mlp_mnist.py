@@ -1,23 +1,19 @@
-"""Tests for mlp_mnist.py, in the order the file teaches, then the data, the command line and the README's code:
-`pip install -r requirements.txt pytest && python -m pytest -q`. No network but 127.0.0.1: the mirrors are
-loopback HTTP servers, the data tiny IDX files written here."""
+"""Tests for mlp_mnist.py, in the order the file teaches, then the data, the command line, notebooks and the
+README: `pip install -r requirements.txt pytest && python -m pytest -q`. No network but 127.0.0.1: the mirrors
+are loopback HTTP servers, the data tiny IDX files written here."""
 
 import ast
 import concurrent.futures
-import functools
 import gzip
 import hashlib
 import http.server
 import os
 import re
-import runpy
-import socket
 import subprocess
 import sys
 import threading
-import time
 import tomllib
-from types import ModuleType, SimpleNamespace
+from types import SimpleNamespace
 from unittest.mock import Mock
 
 import jax
@@ -32,14 +28,15 @@ import mlp_mnist as m
 ROOT = os.path.dirname(os.path.abspath(__file__))
 SCRIPT = os.path.join(ROOT, "mlp_mnist.py")
 README = open(os.path.join(ROOT, "README.md")).read()
-MIRRORS = list(m.MIRRORS)  # the real ones: the tests below put loopback mirrors in their place
+FILES, MIRRORS = list(m.FILES), list(m.MIRRORS)  # the real ones, before the tests put tiny ones in their place
 
 
 @pytest.fixture(autouse=True)
 def isolated(monkeypatch, tmp_path):
-    """Every test gets its own empty cache folder, no proxy and no data folder from the environment."""
-    monkeypatch.setattr(m, "CACHE", str(tmp_path / "cache"))
-    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "MLP_MNIST_DATA_DIR"):
+    """No test reaches a real mirror, a proxy or the user's cache folder."""
+    monkeypatch.setattr(m, "MIRRORS", [])
+    monkeypatch.setattr(m, "DATA_DIR", str(tmp_path / "cache"))
+    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy"):
         monkeypatch.delenv(var, raising=False)
 
 
@@ -67,17 +64,12 @@ def backward_by_hand(params, X, y):
     return grads[::-1]
 
 
-def small_problem(sizes, seed=0, batch=8):
-    """float64 params (scale 0.5, so that many ReLUs are on and many off), images and labels."""
-    rng = np.random.default_rng(seed)
-    params = [(0.5 * rng.standard_normal((a, b)), 0.5 * rng.standard_normal(b)) for a, b in zip(sizes, sizes[1:])]
-    return params, rng.random((batch, sizes[0])), rng.integers(0, sizes[-1], batch)
-
-
 @pytest.mark.parametrize("sizes", [[20, 16, 10], [20, 12, 8, 10]], ids=["2-layer", "3-layer"])
 def test_grad_is_the_backward_pass_written_by_hand_and_matches_finite_differences(sizes):
     with jax.enable_x64(True):
-        params, X, y = small_problem(sizes)
+        rng = np.random.default_rng(0)  # scale 0.5: many ReLUs on and many off
+        params = [(0.5 * rng.standard_normal((a, b)), 0.5 * rng.standard_normal(b)) for a, b in zip(sizes, sizes[1:])]
+        X, y = rng.random((8, sizes[0])), rng.integers(0, sizes[-1], 8)
         grads = jax.grad(m.cross_entropy_loss)(jax.tree.map(jnp.asarray, params), X, y)
         assert grads[0][0].dtype == jnp.float64
         for (dW, db), (dW_hand, db_hand) in zip(grads, backward_by_hand(params, X, y), strict=True):
@@ -131,7 +123,7 @@ def synthetic(n, seed):
     images = rng.integers(0, 60, (n, 784))
     for c in range(10):
         images[labels == c, c * 78 : (c + 1) * 78] += 190
-    return images / np.float32(255), labels
+    return (images / 255).astype(np.float32), labels
 
 
 def test_train_epoch_is_the_python_loop_over_update():
@@ -160,7 +152,7 @@ def test_train_shuffles_learns_prints_the_articles_lines_and_repeats_with_a_seed
     line = "Epoch 4/4: loss: {:.4f}, train acc.: {:.3f}, valid acc.: {:.3f}, time: {:.2f} sec.".format(*results[-1][1:])
     assert capsys.readouterr().out.splitlines()[-1] == line
     first, again, other = (m.train(data, [784, 16, 10], seed, epochs=1)[0][0][0] for seed in (0, 0, 1))
-    assert np.array_equal(first, again) and not np.array_equal(first, other)  # one seed, the same weights
+    assert np.array_equal(first, again) and not np.array_equal(first, other)  # one seed, the same weights; 0 is one
 
 
 def test_the_articles_functions_in_the_articles_own_loop():
@@ -176,36 +168,33 @@ def test_the_articles_functions_in_the_articles_own_loop():
     assert np.mean(losses) < np.log(10) / 4 and valid_acc > 0.9, (losses, valid_acc)
 
 
-# --- The data: tiny IDX files, served by loopback HTTP servers standing in for the mirrors -----------------------
+# --- The data: tiny IDX files, served by a loopback HTTP server standing in for the mirrors ---------------------
+def gzipped_idx(a):
+    """An IDX file, gzipped: 0, 0, 8 (uint8), the number of dimensions; each size as a big-endian uint32; the values."""
+    return gzip.compress(bytes([0, 0, 8, a.ndim]) + np.array(a.shape, ">u4").tobytes() + a.astype(np.uint8).tobytes())
+
+
 @pytest.fixture
 def tiny(monkeypatch):
-    """Four tiny IDX files (256 training and 100 test images) that mlp_mnist takes for MNIST's; no mirrors yet."""
+    """MNIST's four files in miniature (256 training and 100 test images), their SHA-256s in m.FILES."""
     (xtr, ytr), (xte, yte) = synthetic(256, 0), synthetic(100, 1)
     arrays = [np.round(xtr * 255).reshape(-1, 28, 28), ytr, np.round(xte * 255).reshape(-1, 28, 28), yte]
-    # an IDX file: 0, 0, 8 (uint8), the number of dimensions; each size as a big-endian uint32; the values
-    idx = [bytes([0, 0, 8, a.ndim]) + np.array(a.shape, ">u4").tobytes() + a.astype(np.uint8).tobytes() for a in arrays]
-    files = dict(zip([name for of, name in m.SHA256 if of == "mnist"], idx))
-    for (dataset, name), data in zip(m.SHA256.copy(), 2 * list(files.values())):  # MNIST's files, and Fashion's
-        monkeypatch.setitem(m.SHA256, (dataset, name), hashlib.sha256(data).hexdigest())
-    monkeypatch.setattr(m, "MIRRORS", [])
+    files = {name: gzipped_idx(a) for (name, _), a in zip(FILES, arrays)}
+    monkeypatch.setattr(m, "FILES", [(name, hashlib.sha256(gz).hexdigest()) for name, gz in files.items()])
     return files
 
 
-def folder_with(path, files, gz=True):
-    path.mkdir(exist_ok=True)
+def folder_with(path, files):
+    path.mkdir()
     for name, data in files.items():
-        (path / (name + ".gz" if gz else name)).write_bytes(gzip.compress(data) if gz else data)
+        (path / name).write_bytes(data)
     return path
-
-
-def snapshot(folder):
-    """Each entry's name, size, time and bytes: to show that nothing was written, even by root."""
-    return {p.name: (p.stat().st_size, p.stat().st_mtime_ns, p.read_bytes()) for p in folder.iterdir()}
 
 
 @pytest.fixture
 def server():
-    """A loopback HTTP server: `routes` maps a path to (status, body); "cut" sends half the body it promises."""
+    """A loopback HTTP server: `routes` maps a path to (status, body); "cut" sends half the body it promises.
+    mirror(prefix, files, status) serves `files` under /prefix/ and makes that the next of m.MIRRORS."""
     routes, requests = {}, []
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -219,203 +208,183 @@ def server():
             self.end_headers()
             self.wfile.write(body if status == 200 else body[: len(body) // 2])
 
-        def log_message(self, *args):
-            pass
+    def mirror(prefix, files, status=200):  # files: name -> body, or name -> (status, body)
+        routes.update({f"/{prefix}/{name}": b if type(b) is tuple else (status, b) for name, b in files.items()})
+        m.MIRRORS.append(f"{url}/{prefix}/")
 
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    url = f"http://127.0.0.1:{httpd.server_port}"
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield SimpleNamespace(url=f"http://127.0.0.1:{httpd.server_port}", routes=routes, requests=requests)
+    yield SimpleNamespace(url=url, routes=routes, requests=requests, mirror=mirror)
     httpd.shutdown()
 
 
-def mirror(server, prefix, files, status=200, dataset="mnist"):
-    """Serves `files`, gzipped, under /prefix/ and makes that a mirror of `dataset`."""
-    server.routes.update({f"/{prefix}/{name}.gz": (status, gzip.compress(data)) for name, data in files.items()})
-    m.MIRRORS.append((dataset, f"{server.url}/{prefix}/"))
+def test_mnist_only_its_four_files_in_order_each_asked_of_two_https_mirrors_in_turn(tiny, server, tmp_path):
+    names = [f"{s}-{kind}-ubyte.gz" for s in ("train", "t10k") for kind in ("images-idx3", "labels-idx1")]
+    assert [name for name, _ in FILES] == names and all(re.fullmatch("[0-9a-f]{64}", sha) for _, sha in FILES)
+    assert len(MIRRORS) == 2 and all(url.startswith("https://") and url.endswith("/") for url in MIRRORS)
+    server.mirror("refuses", tiny, status=403)
+    server.mirror("serves", tiny)
+    X, y, X_test, y_test = m.load_mnist(str(tmp_path / "d"))
+    assert server.requests == [f"/{prefix}/{name}" for name in names for prefix in ("refuses", "serves")]
+    (xtr, ytr), (xte, yte) = synthetic(256, 0), synthetic(100, 1)
+    assert X.dtype == np.float32 and X.shape == (256, 784) and np.allclose(X, xtr) and np.array_equal(y, ytr)
+    assert X_test.shape == (100, 784) and np.allclose(X_test, xte) and np.array_equal(y_test, yte)
 
 
-def test_where_the_data_come_from(tiny, tmp_path, server, monkeypatch):
-    """--data-dir, gzipped or not, read-only; else $MLP_MNIST_DATA_DIR; else the cache, filled from the mirrors."""
-    for dataset in ("mnist", "fashion"):  # HTTPS first; plain HTTP only where a dataset has no second HTTPS mirror
-        https = [url.startswith("https://") for of, url in MIRRORS if of == dataset]
-        assert https == sorted(https, reverse=True) and (all(https) or https.count(True) == 1), dataset
-    mirror(server, "forbidden", tiny, status=403)
-    mirror(server, "good", tiny)
-    gz, raw = folder_with(tmp_path / "gz", tiny), folder_with(tmp_path / "raw", tiny, gz=False)
-    gz.chmod(0o555)  # read-only; root writes there all the same, so the snapshot is what shows nothing was written
-    before = snapshot(gz)
-    monkeypatch.setenv("MLP_MNIST_DATA_DIR", str(tmp_path / "not-read"))  # --data-dir comes first
-    from_gz, from_raw = m.load_mnist(data_dir=str(gz)), m.load_mnist(data_dir=str(raw))
-    assert snapshot(gz) == before and server.requests == [] and not os.path.exists(tmp_path / "not-read")
-    assert all(np.array_equal(a, b) for a, b in zip(from_gz, from_raw, strict=True))
-    assert from_gz[0].shape == (256, 784) and from_gz[0].dtype == np.float32 and from_gz[3].shape == (100,)
-    assert np.allclose(from_gz[0], synthetic(256, 0)[0], atol=1e-6) and np.array_equal(from_gz[3], synthetic(100, 1)[1])
-    monkeypatch.setenv("MLP_MNIST_DATA_DIR", str(raw))
-    assert len(m.load_mnist()[0]) == 256 and server.requests == []
-    monkeypatch.delenv("MLP_MNIST_DATA_DIR")  # now the cache: the first mirror refuses each file, the second sends it
-    m.load_mnist()
-    assert server.requests[:2] == ["/forbidden/train-images-idx3-ubyte.gz", "/good/train-images-idx3-ubyte.gz"]
-    assert sorted(os.listdir(os.path.join(m.CACHE, "mnist"))) == sorted(name + ".gz" for name in tiny)
-    assert len(m.load_mnist()[0]) == 256 and len(server.requests) == 8  # a second run reads the cache
-    mirror(server, "fashion", tiny, dataset="fashion")  # --dataset fashion: its own mirrors, checksums and folder
-    assert m.main(["--dataset", "fashion", "--epochs", "1"]) == 0 and len(os.listdir(f"{m.CACHE}/fashion")) == 4
-    assert server.requests[8:] == [f"/fashion/{name}.gz" for name in tiny]
+def test_the_data_folder_is_the_users_cache_and_a_file_already_there_is_used_as_it_is(tiny, server, tmp_path):
+    env, XDG = (
+        dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "xdg"), HOME=str(tmp_path / "home")),
+        {"XDG_CACHE_HOME": ""},
+    )
+    where = [sys.executable, "-c", "import mlp_mnist; print(mlp_mnist.DATA_DIR)"]
+    runs = [subprocess.run(where, env=e, capture_output=True, text=True, cwd=ROOT).stdout for e in (env, env | XDG)]
+    assert runs == [f"{tmp_path}/xdg/mlp_mnist\n", f"{tmp_path}/home/.cache/mlp_mnist\n"]
+    assert os.listdir(tmp_path) == []  # import mlp_mnist made no folder
+    theirs = gzipped_idx(np.full((3, 28, 28), 51))  # not MNIST's train images: Fashion-MNIST's, say, or one's own
+    folder = folder_with(tmp_path / "d", {"train-images-idx3-ubyte.gz": theirs})
+    server.mirror("m", tiny)
+    X = m.load_mnist(str(folder))[0]
+    assert X.shape == (3, 784) and np.allclose(X, 0.2) and (folder / FILES[0][0]).read_bytes() == theirs
+    assert server.requests == [f"/m/{name}" for name in list(tiny)[1:]]  # only the three missing files
 
 
-BAD_DOWNLOADS = [(200, b"<html>Error 503</html>"), (200, gzip.compress(bytes(5000))[:-40]), ("cut", bytes(999))]
+def test_a_download_is_kept_if_right_and_renamed_into_place_whole_even_on_ctrl_c_or_two_runs(tiny, server, tmp_path):
+    names, bad = list(tiny), [(200, b"<html>503</html>"), (200, tiny[FILES[1][0]][:-40]), ("cut", tiny[FILES[2][0]])]
+    server.mirror("bad", dict(zip(names, bad)))  # not the file: an HTML page, a truncated file, a cut connection, 404
+    server.mirror("good", tiny)
+    m.load_mnist(str(tmp_path / "a"))
+    assert server.requests == [f"/{prefix}/{name}" for name in names for prefix in ("bad", "good")]
+    assert {p.name: p.read_bytes() for p in (tmp_path / "a").iterdir()} == tiny  # and nothing else
+    replace, both_written = os.replace, threading.Barrier(2, timeout=30)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(os, "replace", Mock(side_effect=KeyboardInterrupt))  # Ctrl-C as the first file is renamed
+        with pytest.raises(KeyboardInterrupt):
+            m.load_mnist(str(tmp_path / "b"))
+        assert not set(os.listdir(tmp_path / "b")) & set(tiny)  # no file under a real name
+        patch.setattr(os, "replace", lambda *args: (both_written.wait(), replace(*args)))
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:  # two runs at once: both write a file, then rename
+            results = list(pool.map(m.load_mnist, [str(tmp_path / "c")] * 2))
+    assert all(np.array_equal(a, b) for a, b in zip(*results)) and sorted(os.listdir(tmp_path / "c")) == sorted(names)
 
 
-@pytest.mark.parametrize("status, body", BAD_DOWNLOADS, ids=["html-page", "truncated-archive", "cut-connection"])
-def test_a_bad_download_is_rejected_and_the_next_mirror_tried(status, body, tiny, tmp_path, server):
-    mirror(server, "bad", {"train-images-idx3-ubyte": b""})
-    server.routes["/bad/train-images-idx3-ubyte.gz"] = (status, body)
-    mirror(server, "good", tiny)
-    assert len(m.load_mnist(data_dir=str(tmp_path / "d"))[0]) == 256
-    saved = (tmp_path / "d" / "train-images-idx3-ubyte.gz").read_bytes()
-    assert gzip.decompress(saved) == tiny["train-images-idx3-ubyte"] and server.requests[0].startswith("/bad/")
+HINT = "Offline, or another folder? Put MNIST's four .gz files in it, pass --data-dir."
 
 
-@pytest.mark.parametrize("damage", ["truncated", "another-file"])
-def test_a_bad_file_in_the_folder_is_named_left_alone_and_not_downloaded_again(damage, tiny, tmp_path, server, capsys):
-    folder = folder_with(tmp_path / "d", tiny)
-    bad = folder / "train-labels-idx1-ubyte.gz"
-    bad.write_bytes(bad.read_bytes()[:-30] if damage == "truncated" else gzip.compress(tiny["t10k-labels-idx1-ubyte"]))
-    mirror(server, "m", tiny)
-    before = snapshot(folder)
-    assert m.main(["--data-dir", str(folder)]) == 1
-    err = capsys.readouterr().err
-    assert err.startswith(f"error: No good copy of mnist's train-labels-idx1-ubyte:\n  {bad}: ")
-    assert "It was left as it is" in err and snapshot(folder) == before and server.requests == []
+def test_what_can_go_wrong_is_one_message_saying_what_to_do_exit_1_and_no_traceback(tiny, server, tmp_path):
+    server.mirror("gone", tiny, status=403)
+    closed, name = "http://127.0.0.1:1/", FILES[0][0]  # nobody listens on port 1: as a machine offline
+
+    def run(folder):
+        code = f"import mlp_mnist as m; m.MIRRORS = {[*m.MIRRORS, closed]!r}; m.main(['--data-dir', {str(folder)!r}])"
+        run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert run.returncode == 1 and run.stdout == "" and "Traceback" not in run.stderr
+        return run.stderr.splitlines()
+
+    said = run(tmp_path / "d")  # every mirror failing
+    assert said[:2] == [f"error: no mirror gave {name}:", f"  {server.url}/gone/{name}: HTTP Error 403: Forbidden"]
+    assert said[2:] == [f"  {closed}{name}: <urlopen error [Errno 111] Connection refused>", HINT]
+    (tmp_path / "a-file").write_text("mine")  # a data folder that can't be made:
+    assert run(tmp_path / "a-file") == [f"error: [Errno 17] File exists: '{tmp_path}/a-file'", HINT]
+    assert run(tmp_path / "a-file/d") == [f"error: [Errno 20] Not a directory: '{tmp_path}/a-file/d'", HINT]
+    for i, damaged in enumerate([tiny[name][:-30], b"<html>Not Found</html>", gzip.compress(b"not IDX")]):
+        folder = folder_with(tmp_path / f"damaged-{i}", {**tiny, name: damaged})  # cut short, not gzip, not IDX
+        with pytest.raises(OSError, match=f"^{folder / name} can't be read as gzipped IDX .*; it was left as it is$"):
+            m.load_mnist(str(folder))
+        assert (folder / name).read_bytes() == damaged
+    assert len(server.requests) == 1 and (tmp_path / "a-file").read_text() == "mine"  # nothing asked again
 
 
-@pytest.mark.parametrize("error", [KeyboardInterrupt, OSError])
-def test_saving_leaves_no_half_file_after_an_error_or_ctrl_c_and_three_runs_at_once_succeed(error, tiny, server):
-    mirror(server, "m", tiny)
-    with pytest.MonkeyPatch.context() as patch, pytest.raises(error):
-        patch.setattr(os, "replace", Mock(side_effect=error))  # as the first file is renamed into place
-        m.load_mnist()
-    assert os.listdir(os.path.join(m.CACHE, "mnist")) == []
-    start = threading.Barrier(3)  # three runs at once on an empty cache
-    with concurrent.futures.ThreadPoolExecutor(3) as pool:
-        results = list(pool.map(lambda _: (start.wait(), m.load_mnist())[1], range(3)))
-    assert all(np.array_equal(r[1], results[0][1]) for r in results)
-    assert sorted(os.listdir(os.path.join(m.CACHE, "mnist"))) == sorted(name + ".gz" for name in tiny)
-
-
-def test_every_mirror_failing_is_one_message_exit_1_and_no_file(tiny, tmp_path, server, capsys):
-    mirror(server, "gone", tiny, status=403)
-    with socket.socket() as s:  # a port nobody listens on: as a machine offline
-        s.bind(("127.0.0.1", 0))
-        closed = f"http://127.0.0.1:{s.getsockname()[1]}/"
-    m.MIRRORS.append(("mnist", closed))
-    start = time.monotonic()
-    assert m.main(["--data-dir", str(tmp_path / "d")]) == 1 and time.monotonic() - start < 60
-    err = capsys.readouterr().err
-    assert err.startswith("error: No good copy of mnist's train-images-idx3-ubyte:\n")
-    assert f"{server.url}/gone/train-images-idx3-ubyte.gz: HTTP Error 403" in err
-    assert f"{closed}train-images-idx3-ubyte.gz: <urlopen error" in err
-    assert "Offline? Put the four .gz files in a folder. --data-dir FOLDER" in err and os.listdir(tmp_path / "d") == []
-
-
-# --- The command line ----------------------------------------------------------------------------------------------
-BAD_ARGS = ["--epochs 0", "--epochs two", "--batch-size 0", "--batch-size 60001", "--hidden 0", "--hidden 128 -5"]
-
-
-@pytest.mark.parametrize("args", [*BAD_ARGS, "--lr 0", "--lr -0.1", "--lr nan", "--lr inf", "--dataset cifar"])
-def test_a_value_that_makes_no_sense_is_a_usage_error_exit_2(args, server, capsys):
-    mirror(server, "m", {})
-    assert m.main(args.split()) == 2  # a status, not SystemExit, which a notebook's kernel would show as an error
-    err = capsys.readouterr().err
-    assert err.startswith("usage:") and err.count("error:") == 1 and "Traceback" not in err and not server.requests
-
-
-def test_help_gives_the_defaults_that_train_uses(capsys):
-    assert m.main(["--help"]) == 0
+# --- The command line, and notebooks -----------------------------------------------------------------------------
+def test_help_gives_each_default_bad_usage_is_exit_2_and_each_option_reaches_train(tiny, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(m, "DATA_DIR", "/home/ada/.cache/mlp_mnist")  # argparse would break a long path at hyphens
+    with pytest.raises(SystemExit) as exit:
+        m.main(["--help"])
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines where it likes
-    assert m.train.__defaults__ == (516, 25, 0.01, 64)  # seed, epochs, lr, batch_size
-    for option, default in [("epochs", 25), ("lr", 0.01), ("batch-size", 64), ("seed", 516), ("hidden", 128)]:
-        assert re.search(rf"--{option} .*?\(default: {default}\)", text), option
-    assert "(default: mnist)" in text and "$MLP_MNIST_DATA_DIR" in text and "None" not in text
+    assert exit.value.code == 0 and m.train.__defaults__ == (516, 25, 0.01, 64)  # seed, epochs, lr, batch_size
+    defaults = {"data-dir": m.DATA_DIR, "hidden": [128], "epochs": 25, "lr": 0.01, "batch-size": 64, "seed": 516}
+    for option, default in defaults.items():
+        assert re.search(rf"--{option} .*?\(default: {re.escape(str(default))}\)", text), option
+    for bad in ["--epochs 0", "--batch-size 0", "--hidden 0", "--hidden 128 -5", "--epochs two", "--lr x"]:
+        with pytest.raises(SystemExit) as exit:
+            m.main([*bad.split(), "--data-dir", str(tmp_path / "d")])
+        err = capsys.readouterr().err
+        assert exit.value.code == 2 and err.startswith("usage:") and err.count("error:") == 1, bad
+    assert not os.path.exists(tmp_path / "d")  # nothing done
+    calls, folder = [], folder_with(tmp_path / "d", tiny)
+    monkeypatch.setattr(m, "train", lambda *args: calls.append(args))
+    m.main(f"--data-dir {folder} --hidden 32 16 --epochs 3 --lr 0.5 --batch-size 8 --seed 0".split())
+    assert len(calls[0][0][0]) == 256 and calls[0][1:] == ([784, 32, 16, 10], 0, 3, 0.5, 8)  # seed 0 as any other
 
 
-@pytest.mark.parametrize("where", ["a-file", "below-a-file", "unreadable"])
-def test_a_folder_that_cant_be_made_or_read_is_named_before_any_request(where, tmp_path, server, monkeypatch, capsys):
-    mirror(server, "m", {"train-images-idx3-ubyte": b""})
-    (tmp_path / "a-file").write_text("mine")
-    folder = {"a-file": tmp_path / "a-file", "below-a-file": tmp_path / "a-file" / "data"}.get(where, tmp_path)
-    if where == "unreadable":  # someone else's folder; root reads anything, so refuse by hand
-        monkeypatch.setattr(os, "listdir", Mock(side_effect=PermissionError(13, "Permission denied", str(folder))))
-    assert m.main(["--data-dir", str(folder)]) == 1
-    err = capsys.readouterr().err
-    assert err.startswith("error: No data folder: ") and str(folder) in err and "--data-dir" in err
-    assert server.requests == [] and (tmp_path / "a-file").read_text() == "mine"
-
-
-def test_a_loss_that_stops_being_finite_exits_1_naming_the_lr_and_ctrl_c_exits_130(tiny, tmp_path, monkeypatch, capsys):
-    assert m.main(["--data-dir", str(folder_with(tmp_path / "d", tiny)), "--lr", "1e30", "--hidden", "16"]) == 1
-    assert capsys.readouterr().err == "error: the loss became nan in epoch 1: try a smaller learning rate than 1e+30\n"
-    monkeypatch.setattr(m, "load_mnist", Mock(side_effect=KeyboardInterrupt))
-    assert m.main([]) == 130 and capsys.readouterr().err == "Interrupted.\n"
-
-
-# --- Where readers run it: a program, a notebook, uv --------------------------------------------------------------
-AS_A_PROGRAM = """
-import ast, sys
-sys.path.insert(0, {root!r})
-import mlp_mnist as m
-m.SHA256.update({hashes!r})
-sys.argv[0] = m.__file__
-vars(m)["__name__"] = "__main__"  # then the file's last statement, `if __name__ == "__main__": ...`, runs
-exec(compile(ast.Module(ast.parse(open(m.__file__).read()).body[-1:], []), m.__file__, "exec"), vars(m))
-"""
-
-
-def test_as_a_program_it_exits_with_the_status_and_a_second_run_compiles_nothing(tiny, tmp_path):
-    program = tmp_path / "program.py"
-    program.write_text(AS_A_PROGRAM.format(root=ROOT, hashes={k: v for k, v in m.SHA256.items() if k[0] == "mnist"}))
-    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"), JAX_LOG_COMPILES="1")  # JAX logs each compile
-    run = functools.partial(subprocess.run, capture_output=True, text=True, env=env)
-    folder = folder_with(tmp_path / "d", tiny)
-    runs = [run([sys.executable, program, "--data-dir", folder, "--epochs", "1"]) for _ in range(2)]
-    assert [run.returncode for run in runs] == [0, 0]
-    assert runs[1].stdout.startswith(f"JAX {jax.__version__} on {jax.devices()[0].device_kind}\nEpoch 1/1: loss: ")
-    compiles, hits = ([run.stderr.count(s) for run in runs] for s in ["Finished XLA compilation", "cache hit for"])
-    assert compiles[0] > 0 and hits == [0, compiles[0]]  # the second run found every program in the cache
-    bad = run([sys.executable, program, "--epochs", "0"])
-    assert bad.returncode == 2 and "usage:" in bad.stderr
-
-
-def test_import_runs_nothing_and_the_cache_follows_xdg(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    module = runpy.run_path(SCRIPT, run_name="mlp_mnist")  # what `import mlp_mnist` runs
-    assert capsys.readouterr() == ("", "") and module["CACHE"] == f"{tmp_path}/mlp_mnist" and os.listdir(tmp_path) == []
-
-
-def test_in_a_notebook_the_pasted_file_trains_and_percent_run_takes_options(tiny, tmp_path, monkeypatch, capsys):
-    """What Jupyter or Colab does with the file pasted into a cell: IPython is loaded, sys.argv is the kernel's, and
-    the source runs as __main__, here in two parts, so that the tiny files stand in for MNIST in between."""
-    monkeypatch.setitem(sys.modules, "IPython", ModuleType("IPython"))
-    monkeypatch.setattr(sys, "argv", ["/usr/lib/python3/dist-packages/ipykernel_launcher.py", "-f", "kernel.json"])
-    monkeypatch.setenv("MLP_MNIST_DATA_DIR", str(folder_with(tmp_path / "d", tiny)))
-    cache_dir = jax.config.jax_compilation_cache_dir  # a kernel's JAX settings are its user's: left alone
-    tree = ast.parse(open(SCRIPT).read())
-    definitions, entry = (compile(ast.Module(body, []), SCRIPT, "exec") for body in (tree.body[:-1], tree.body[-1:]))
-    cell = {"__name__": "__main__"}
-    exec(definitions, cell)
-    cell.update(SHA256=m.SHA256, MIRRORS=[])  # the tiny files' checksums; no mirrors
-    exec(entry, cell)  # a SystemExit would fail the test here
+def test_pasted_in_a_cell_it_runs_the_defaults_and_percent_run_takes_options(tiny, tmp_path, monkeypatch, capsys):
+    """What Jupyter or Colab does with the file pasted into a cell: the source runs as __main__, with no __file__
+    and the kernel's sys.argv. %run sets both to the file's."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # the default data folder, where the files are used as they are
+    folder = folder_with(tmp_path / "mlp_mnist", tiny)
+    kernel = ["/usr/lib/python3/dist-packages/ipykernel_launcher.py", "-f", "/root/.local/share/jupyter/kernel.json"]
+    cell = compile(open(SCRIPT).read(), "<cell>", "exec")
+    monkeypatch.setattr(sys, "argv", kernel)
+    exec(cell, {"__name__": "__main__"})  # a SystemExit would fail the test here
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith("JAX ") and out[-1].startswith("Epoch 25/25: ") and len(out) == 26
-    assert jax.config.jax_compilation_cache_dir == cache_dir and cell["forward"] and cell["update"]
-    cell["__file__"] = SCRIPT  # %run mlp_mnist.py --epochs 1: argv[0] as typed, __file__ the full path
-    for args, expected in [(["--epochs", "1"], "Epoch 1/1: "), (["--epochs", "0"], "usage:")]:
-        monkeypatch.setattr(sys, "argv", ["mlp_mnist.py", *args])
-        exec(entry, cell)
-        assert expected in "".join(capsys.readouterr())
-    monkeypatch.setattr(sys, "argv", ["mlp_mnist.py"])
-    cell["train"] = Mock(side_effect=KeyboardInterrupt)  # what the kernel's interrupt raises, mid-training
-    with pytest.raises(KeyboardInterrupt):  # the cell ends as an interrupted cell does: Run All stops there
-        exec(entry, cell)
+    assert len(out) == 25 and out[-1].startswith("Epoch 25/25: ")
+    monkeypatch.setattr(sys, "argv", ["mlp_mnist.py", "--epochs", "2"])  # %run mlp_mnist.py --epochs 2
+    exec(cell, {"__name__": "__main__", "__file__": SCRIPT})
+    assert capsys.readouterr().out.splitlines()[-1].startswith("Epoch 2/2: ")
+    (folder / "t10k-labels-idx1-ubyte.gz").write_bytes(b"damaged")
+    monkeypatch.setattr(sys, "argv", kernel)
+    with pytest.raises(SystemExit, match=r"^error: .*t10k-labels-idx1-ubyte.gz can't be read"):  # the cell's error
+        exec(cell, {"__name__": "__main__"})
+
+
+# --- The README: its examples, run as a reader would, checked for what it says they print ------------------------
+README_BLOCKS = re.findall(r"```python\n(.*?)```", README, re.DOTALL)
+README_TEXT = re.sub(r"\n\s*", " ", README)  # its prose, wherever the lines break
+
+
+def run_as_pasted(block, capsys):
+    """Runs a README block as `python -i` runs what is pasted, statement by statement; returns what it printed."""
+    namespace = {"__name__": "__readme__"}
+    for statement in ast.parse(block).body:
+        exec(compile(ast.Interactive([statement]), "<README>", "single"), namespace)
+    return capsys.readouterr().out
+
+
+def test_the_readmes_loop_against_scan_gives_the_same_weights(monkeypatch, capsys):
+    monkeypatch.setattr(m, "load_mnist", lambda: [*synthetic(512, 0), *synthetic(100, 1)])
+    lines = run_as_pasted(README_BLOCKS[0], capsys).splitlines()
+    assert len(lines) == 2 and all(re.fullmatch(r"loop: [\d.]+ s, scan: [\d.]+ s (\S+) \1", line) for line in lines)
+    assert len({line.split()[-1] for line in lines}) == 1 and "the same weights" in README_TEXT
+
+
+def test_the_readmes_own_arrays_learn_and_print_what_it_says(capsys):
+    said = re.search(r"It ends at `(valid acc\.: ([\d.]+))`, then prints `(.+?)` and `(.+?)`\.", README_TEXT)
+    out = run_as_pasted(README_BLOCKS[1], capsys).splitlines()
+    assert len(out) == 5 and out[2].startswith("Epoch 3/3: ") and said[1] in out[2] and float(said[2]) >= 0.9
+    predicted, true = said[3].split("] [")
+    assert out[3:] == [said[3], said[4]] and predicted + "]" == "[" + true  # every prediction shown is right
+
+
+def test_the_readmes_one_line_examples_give_what_it_says():
+    claims = re.findall(r"`([^`]+)` → `([^`]+)`", README_TEXT)
+    assert len(claims) >= 3
+    for expression, shown in claims:
+        assert str(eval(expression, {"jax": jax, "jnp": jnp, "np": np})) == shown, expression
+
+
+def test_the_lesson_is_a_cell_of_its_own_within_100_columns_and_the_readmes_links_point_at_what_they_name():
+    source = open(SCRIPT).read()
+    end = next(node.end_lineno for node in ast.parse(source).body if getattr(node, "name", "") == "train")
+    lines = source.splitlines()
+    assert f"lines 1-{end} are the lesson" in README_TEXT and max(len(line) for line in lines[:end]) <= 100
+    cell = {}
+    exec("\n".join(lines[:end]), cell)
+    data = (*synthetic(300, 0), *synthetic(100, 1))
+    assert cell["train"](data, [784, 16, 10], epochs=3, lr=0.1, batch_size=16)[1][-1][3] > 0.9
+    links = re.findall(r"\[`([^`]+)`\]\(mlp_mnist\.py#L(\d+)\)", README)
+    assert len(links) >= 12 and len(README_BLOCKS) == 2
+    for name, number in links:
+        assert name in lines[int(number) - 1], (name, number)
 
 
 def test_the_uv_block_asks_for_what_requirements_txt_does():
@@ -423,28 +392,3 @@ def test_the_uv_block_asks_for_what_requirements_txt_does():
     requirements = open(os.path.join(ROOT, "requirements.txt")).read().split()
     assert tomllib.loads("".join(line[2:] + "\n" for line in block.splitlines()))["dependencies"] == requirements
     assert [r.split(">=")[0] for r in requirements] == ["jax", "numpy"]
-
-
-# --- The README: its code, run as a reader would, and its links into the file -------------------------------------
-README_BLOCKS = re.findall(r"```python\n(.*?)```", README, re.DOTALL)
-
-
-@pytest.mark.parametrize("block", README_BLOCKS, ids=[f"block-{i}" for i in range(len(README_BLOCKS))])
-def test_the_readmes_code_runs_pasted_into_python(block, monkeypatch, tmp_path, capsys):
-    """Each block on its own, as `python -i` runs what is pasted: statement by statement, echoing any bare
-    expression's value. load_mnist gives the synthetic set: no download."""
-    monkeypatch.setattr(m, "load_mnist", lambda *args, **kwargs: [*synthetic(512, 0), *synthetic(100, 1)])
-    monkeypatch.chdir(tmp_path)
-    namespace = {"__name__": "__readme__"}
-    for statement in ast.parse(block).body:
-        exec(compile(ast.Interactive([statement]), "<README>", "single"), namespace)
-    out = capsys.readouterr().out
-    assert out and "Array(" not in out
-
-
-def test_the_readmes_links_into_the_file_point_at_what_they_name():
-    lines = open(SCRIPT).read().splitlines()
-    links = re.findall(r"\[`([^`]+)`\]\(mlp_mnist\.py#L(\d+)\)", README)
-    assert len(links) >= 8 and len(README_BLOCKS) >= 2
-    for name, number in links:
-        assert name in lines[int(number) - 1], (name, number)
