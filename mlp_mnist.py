@@ -1,12 +1,12 @@
 # /// script
 # requires-python = ">=3.11"
-# dependencies = ["jax>=0.9.0", "numpy>=2.0"]
+# dependencies = ["jax>=0.9.0", "numpy>=2.0"]  # what `uv run` installs: a PEP 723 block
 # ///
 """Train a fully connected network (784-128-10, ReLU) on MNIST in plain JAX: `python mlp_mnist.py`.
 
-The network of part 3 of "Up and Running with JAX", with its names, except that MNIST comes from a
-checked download, not torchvision; `update` steps any number of layers; an epoch is one compiled
-call: https://www.jtrive.com/posts/intro-to-jax-part-3/intro-to-jax-part-3.html"""
+Part 3 of "Up and Running with JAX", with the article's function names, except that MNIST is
+downloaded here (not by torchvision), `update` handles any number of layers, and an epoch is one
+compiled call. https://www.jtrive.com/posts/intro-to-jax-part-3/intro-to-jax-part-3.html"""
 
 import argparse
 import gzip
@@ -24,13 +24,14 @@ from jax import jit, lax, random, value_and_grad
 from jax.nn import log_softmax, relu
 
 
-# --- The model: a list of (W, b) pairs, one per layer --------------------------------------------
+# --- The model: a list of (W, b) pairs, one per layer -----------------------------------------
 def initialize_weights(sizes, key, scale=0.02):
     """A (W, b) pair per layer, W of shape (m, n), every entry drawn from N(0, scale²)."""
     # params is a pytree, JAX's name for nested lists, tuples and dicts with arrays as leaves:
     # grad, jit and jax.tree.map take a pytree whole and work on every array in it.
     params = []
-    for m, n, layer_key in zip(sizes[:-1], sizes[1:], random.split(key, len(sizes) - 1)):
+    keys = random.split(key, len(sizes) - 1)  # a key per layer
+    for m, n, layer_key in zip(sizes[:-1], sizes[1:], keys):
         w_key, b_key = random.split(layer_key)  # a key used twice gives the same numbers: split it
         params.append((scale * random.normal(w_key, (m, n)), scale * random.normal(b_key, (n,))))
     return params
@@ -39,30 +40,30 @@ def initialize_weights(sizes, key, scale=0.02):
 def forward(params, X):
     """The logits, a score per class, for a batch of images: ReLU after every layer but the last."""
     activations = X  # (batch, 784): the 28 x 28 pixels of each image, in [0, 1]
-    for W, b in params[:-1]:
-        activations = relu(activations @ W + b)  # (batch, 784) @ (784, 128) + (128,): (batch, 128)
+    for W, b in params[:-1]:  # in 784-128-10: (batch, 784) @ (784, 128) + (128,) -> (batch, 128)
+        activations = relu(activations @ W + b)
     W, b = params[-1]
-    return activations @ W + b  # (batch, 128) @ (128, 10) + (10,): (batch, 10)
+    return activations @ W + b  # in 784-128-10: (batch, 128) @ (128, 10) + (10,) -> (batch, 10)
 
 
-# --- The loss and one step of stochastic gradient descent -----------------------------------------
+# --- The loss and one step of stochastic gradient descent -------------------------------------
 def cross_entropy_loss(params, X, y):
     """The mean over the batch of -log p(true label)."""
-    log_probs = log_softmax(forward(params, X))  # log(softmax) in one step: never log(0)
-    # Row i's entry in column y[i]. A sharp bit: JAX clamps an index out of range, no error:
-    # a label of 10 would silently read column 9.
+    log_probs = log_softmax(forward(params, X))  # log(softmax) in one step: never log(0) = -inf
+    # Row i's entry in column y[i]. A sharp bit: JAX doesn't check indices. A label of 10 would
+    # read column 9 in the loss, and its part of the gradient would be dropped, with no error.
     return -jnp.mean(log_probs[jnp.arange(len(y)), y])
 
 
-# jit traces a function: at the first call with new shapes or dtypes, it runs the Python once on
-# tracers, stand-ins that record each array operation, and XLA compiles the record; later calls run
-# that program. So the function must be pure: its result depends only on its arguments, and a print
-# inside it runs only while tracing.
+# jit traces: at the first call with new shapes or dtypes it runs the Python once, on tracers that
+# record each array operation; XLA, JAX's compiler, compiles that record, and later calls just run
+# it. So a jitted function must be pure: its result depends only on its arguments; a print in it
+# runs only while tracing.
 @jit
 def update(params, X, y, lr=0.01):
     """One SGD step: returns the new params and the batch's loss."""
     loss, grads = value_and_grad(cross_entropy_loss)(params, X, y)  # grads: a pytree like params
-    # jax.tree.map pairs each array of params with the one at its place in grads: p - lr * g each
+    # jax.tree.map(f, params, grads) calls f on each array of params and its gradient in grads
     return jax.tree.map(lambda p, g: p - lr * g, params, grads), loss
 
 
@@ -71,20 +72,21 @@ def accuracy(logits, labels):
     return jnp.mean(jnp.argmax(logits, axis=1) == labels)
 
 
-# --- Training: an epoch is one compiled call ------------------------------------------------------
+# --- Training: an epoch is one compiled call --------------------------------------------------
 @jit
 def train_epoch(params, images, labels, batches, lr):
-    """An `update` per row of `batches`, a batch's indices; returns the params and the mean loss."""
+    """Runs `update` on each row of `batches` (image indices); returns the params and mean loss."""
 
-    def step(params, batch):  # one iteration of the article's loop; update is traced into it
-        return update(params, images[batch], labels[batch], lr)
+    def step(params, batch):  # one iteration of the article's loop
+        return update(params, images[batch], labels[batch], lr)  # train_epoch's arrays, and lr
 
-    # lax.scan(step, params, batches) is this loop, compiled as one program that traces step once:
+    # lax.scan(step, params, batches) runs this loop as one compiled program, tracing step once:
     #     losses = []
     #     for batch in batches:
     #         params, loss = step(params, batch)
     #         losses.append(loss)
-    # params is the carry, handed from step to step; the losses come back stacked in one array.
+    # step returns (carry, output): the carry, params, goes on to the next step; the outputs, the
+    # losses, come back stacked in one array.
     params, losses = lax.scan(step, params, batches)
     return params, jnp.mean(losses)
 
@@ -97,11 +99,12 @@ def evaluate(params, X, y):
 
 def train(data, sizes, seed=516, epochs=25, lr=0.01, batch_size=64):
     """Trains on `data`, train and test images and labels; returns the params and `results`."""
-    # device_put copies each array to JAX's default device (a GPU if there is one), once
+    # device_put copies each NumPy array to JAX's device (a GPU if any) once, not at every call
     train_images, train_labels, test_images, test_labels = (jax.device_put(a) for a in data)
-    key, init_key = random.split(random.key(seed))  # a typed key: today's form of PRNGKey(516)
+    # random.key(seed): today's PRNGKey(seed), a key with a dtype of its own, not two uint32s
+    key, init_key = random.split(random.key(seed))
     params = initialize_weights(sizes, init_key)
-    n_batches = len(train_labels) // batch_size  # full batches only: the last, partial one waits
+    n_batches = len(train_labels) // batch_size  # full batches: the rest sit out this epoch
     results = []  # the article's list: (epoch, loss, train accuracy, valid accuracy, seconds)
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
@@ -110,7 +113,7 @@ def train(data, sizes, seed=516, epochs=25, lr=0.01, batch_size=64):
         batches = order.reshape(n_batches, batch_size)
         params, loss = train_epoch(params, train_images, train_labels, batches, lr)
         loss = float(loss)  # asynchronous dispatch: train_epoch returned at once; float() waits
-        epoch_time = time.perf_counter() - start  # the first epoch's includes compiling
+        epoch_time = time.perf_counter() - start  # so the whole epoch; the first includes compiling
         train_acc = float(evaluate(params, train_images, train_labels))
         valid_acc = float(evaluate(params, test_images, test_labels))  # "valid": the test set
         results.append((epoch, loss, train_acc, valid_acc, epoch_time))
@@ -119,7 +122,7 @@ def train(data, sizes, seed=516, epochs=25, lr=0.01, batch_size=64):
     return params, results
 
 
-# --- The data: MNIST's four files, read from a folder, else downloaded into it ------------------
+# --- The data: MNIST's four files, read from a folder, else downloaded into it ----------------
 FILES = [  # in the order load_mnist returns them, each with the SHA-256 of the .gz
     ("train-images-idx3-ubyte.gz", "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609"),
     ("train-labels-idx1-ubyte.gz", "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c"),
@@ -134,6 +137,7 @@ def download(name, sha256, folder):
     """Saves into `folder` the first copy of `name`, from the mirrors in order, whose SHA-256 is right."""
     answers = ""
     for url in [mirror + name for mirror in MIRRORS]:
+        print(f"Downloading {url}")
         try:  # timeout: the seconds a mirror may stay silent
             data = urllib.request.urlopen(url, timeout=20).read()
             if hashlib.sha256(data).hexdigest() != sha256:  # an HTML error page, a file cut short
@@ -143,7 +147,8 @@ def download(name, sha256, folder):
             continue
         with tempfile.NamedTemporaryFile(dir=folder, suffix=".part", delete=False) as part:
             part.write(data)  # whole, under a temporary name; then renamed, so that the real name
-        return os.replace(part.name, os.path.join(folder, name))  # never holds half a file
+        os.replace(part.name, os.path.join(folder, name))  # never holds half a file
+        return
     raise OSError(f"no mirror gave {name}:{answers}")
 
 
@@ -184,5 +189,6 @@ def main(argv=None):
     train(data, [784, *args.hidden, 10], args.seed, args.epochs, args.lr, args.batch_size)
 
 
-if __name__ == "__main__":  # python mlp_mnist.py, %run mlp_mnist.py --epochs 3, or pasted in a cell:
-    main(None if os.path.basename(sys.argv[0]) == os.path.basename(globals().get("__file__", "")) else [])
+if __name__ == "__main__":  # python mlp_mnist.py, %run mlp_mnist.py --epochs 3, or pasted in a cell
+    run_as_a_file = os.path.basename(sys.argv[0]) == os.path.basename(globals().get("__file__", ""))
+    main(None if run_as_a_file else [])  # a pasted cell sees the kernel's sys.argv: it runs the defaults

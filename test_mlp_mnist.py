@@ -88,7 +88,9 @@ def test_grad_is_the_backward_pass_written_by_hand_and_matches_finite_difference
 def test_shapes_dtypes_scale_and_update_is_one_sgd_step_with_the_articles_default_lr(sizes):
     params = m.initialize_weights(sizes, random.key(0))
     assert [(W.shape, b.shape) for W, b in params] == [((a, b), (b,)) for a, b in zip(sizes, sizes[1:])]
-    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params)) and abs(jnp.std(params[0][0]) - 0.02) < 1e-3
+    leaves = jax.tree.leaves(params)  # each from a key of its own, biases too: N(0, 0.02²)
+    assert all(p.dtype == jnp.float32 for p in leaves) and len({float(p.ravel()[0]) for p in leaves}) == len(leaves)
+    assert abs(jnp.std(params[0][0]) - 0.02) < 1e-3 and abs(jnp.std(jnp.concatenate(leaves[1::2])) - 0.02) < 0.01
     assert float(jnp.std(m.initialize_weights(sizes, random.key(0), scale=0.5)[0][0])) > 0.45
     X, y = random.uniform(random.key(1), (5, 784)), jnp.arange(5)
     assert m.forward(params, X).shape == (5, 10) and m.forward(params, X[0]).shape == (10,)
@@ -141,8 +143,13 @@ def test_train_epoch_is_the_python_loop_over_update():
 
 
 def test_train_shuffles_learns_prints_the_articles_lines_and_repeats_with_a_seed(capsys, monkeypatch):
-    data, batches, epoch = (*synthetic(500, 0), *synthetic(200, 1)), [], m.train_epoch
-    monkeypatch.setattr(m, "train_epoch", lambda *args: batches.append(np.asarray(args[3])) or epoch(*args))
+    data, batches, train_epoch = (*synthetic(500, 0), *synthetic(200, 1)), [], m.train_epoch
+
+    def recorded(params, images, labels, order, lr):  # train_epoch, noting the batches it is given
+        batches.append(np.asarray(order))
+        return train_epoch(params, images, labels, order, lr)
+
+    monkeypatch.setattr(m, "train_epoch", recorded)
     params, results = m.train(data, [784, 16, 10], seed=0, epochs=4, lr=0.1, batch_size=16)
     assert all(b.shape == (31, 16) and len(set(b.ravel())) == 496 for b in batches)  # 31 full batches: 4 left out
     assert len({b.tobytes() for b in batches}) == 4  # a new order each epoch
@@ -219,14 +226,18 @@ def server():
     httpd.shutdown()
 
 
-def test_mnist_only_its_four_files_in_order_each_asked_of_two_https_mirrors_in_turn(tiny, server, tmp_path):
+def test_mnist_only_four_files_in_order_each_asked_of_two_https_mirrors_in_turn_and_kept_only_if_right(
+    tiny, server, tmp_path
+):
     names = [f"{s}-{kind}-ubyte.gz" for s in ("train", "t10k") for kind in ("images-idx3", "labels-idx1")]
     assert [name for name, _ in FILES] == names and all(re.fullmatch("[0-9a-f]{64}", sha) for _, sha in FILES)
     assert len(MIRRORS) == 2 and all(url.startswith("https://") and url.endswith("/") for url in MIRRORS)
-    server.mirror("refuses", tiny, status=403)
-    server.mirror("serves", tiny)
+    not_the_file = [(200, b"<html>503</html>"), (200, tiny[names[1]][:-40]), ("cut", tiny[names[2]]), (403, b"")]
+    server.mirror("bad", dict(zip(names, not_the_file)))  # an HTML page, a truncated file, a cut connection, 403
+    server.mirror("good", tiny)
     X, y, X_test, y_test = m.load_mnist(str(tmp_path / "d"))
-    assert server.requests == [f"/{prefix}/{name}" for name in names for prefix in ("refuses", "serves")]
+    assert server.requests == [f"/{prefix}/{name}" for name in names for prefix in ("bad", "good")]
+    assert {p.name: p.read_bytes() for p in (tmp_path / "d").iterdir()} == tiny  # each file right, and nothing else
     (xtr, ytr), (xte, yte) = synthetic(256, 0), synthetic(100, 1)
     assert X.dtype == np.float32 and X.shape == (256, 784) and np.allclose(X, xtr) and np.array_equal(y, ytr)
     assert X_test.shape == (100, 784) and np.allclose(X_test, xte) and np.array_equal(y_test, yte)
@@ -239,7 +250,7 @@ def test_the_data_folder_is_the_users_cache_and_a_file_already_there_is_used_as_
     )
     where = [sys.executable, "-c", "import mlp_mnist; print(mlp_mnist.DATA_DIR)"]
     runs = [subprocess.run(where, env=e, capture_output=True, text=True, cwd=ROOT).stdout for e in (env, env | XDG)]
-    assert runs == [f"{tmp_path}/xdg/mlp_mnist\n", f"{tmp_path}/home/.cache/mlp_mnist\n"]
+    assert runs == [os.path.join(tmp_path, *path, "mlp_mnist") + "\n" for path in (["xdg"], ["home", ".cache"])]
     assert os.listdir(tmp_path) == []  # import mlp_mnist made no folder
     theirs = gzipped_idx(np.full((3, 28, 28), 51))  # not MNIST's train images: Fashion-MNIST's, say, or one's own
     folder = folder_with(tmp_path / "d", {"train-images-idx3-ubyte.gz": theirs})
@@ -249,23 +260,23 @@ def test_the_data_folder_is_the_users_cache_and_a_file_already_there_is_used_as_
     assert server.requests == [f"/m/{name}" for name in list(tiny)[1:]]  # only the three missing files
 
 
-def test_a_download_is_kept_if_right_and_renamed_into_place_whole_even_on_ctrl_c_or_two_runs(tiny, server, tmp_path):
-    names, bad = list(tiny), [(200, b"<html>503</html>"), (200, tiny[FILES[1][0]][:-40]), ("cut", tiny[FILES[2][0]])]
-    server.mirror("bad", dict(zip(names, bad)))  # not the file: an HTML page, a truncated file, a cut connection, 404
-    server.mirror("good", tiny)
-    m.load_mnist(str(tmp_path / "a"))
-    assert server.requests == [f"/{prefix}/{name}" for name in names for prefix in ("bad", "good")]
-    assert {p.name: p.read_bytes() for p in (tmp_path / "a").iterdir()} == tiny  # and nothing else
+def test_a_download_is_renamed_into_place_once_whole_even_with_ctrl_c_and_two_runs_at_once(tiny, server, tmp_path):
+    server.mirror("m", tiny)
     replace, both_written = os.replace, threading.Barrier(2, timeout=30)
+
+    def replace_once_both_have_written(*args):  # the two runs below rename only once both have written their file
+        both_written.wait()
+        return replace(*args)
+
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(os, "replace", Mock(side_effect=KeyboardInterrupt))  # Ctrl-C as the first file is renamed
         with pytest.raises(KeyboardInterrupt):
-            m.load_mnist(str(tmp_path / "b"))
-        assert not set(os.listdir(tmp_path / "b")) & set(tiny)  # no file under a real name
-        patch.setattr(os, "replace", lambda *args: (both_written.wait(), replace(*args)))
-        with concurrent.futures.ThreadPoolExecutor(2) as pool:  # two runs at once: both write a file, then rename
-            results = list(pool.map(m.load_mnist, [str(tmp_path / "c")] * 2))
-    assert all(np.array_equal(a, b) for a, b in zip(*results)) and sorted(os.listdir(tmp_path / "c")) == sorted(names)
+            m.load_mnist(str(tmp_path / "a"))
+        assert not set(os.listdir(tmp_path / "a")) & set(tiny)  # no file under a real name
+        patch.setattr(os, "replace", replace_once_both_have_written)
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:  # two runs at once on an empty folder
+            results = list(pool.map(m.load_mnist, [str(tmp_path / "b")] * 2))
+    assert all(np.array_equal(a, b) for a, b in zip(*results)) and sorted(os.listdir(tmp_path / "b")) == sorted(tiny)
 
 
 HINT = "Offline, or another folder? Put MNIST's four .gz files in it, pass --data-dir."
@@ -278,15 +289,16 @@ def test_what_can_go_wrong_is_one_message_saying_what_to_do_exit_1_and_no_traceb
     def run(folder):
         code = f"import mlp_mnist as m; m.MIRRORS = {[*m.MIRRORS, closed]!r}; m.main(['--data-dir', {str(folder)!r}])"
         run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
-        assert run.returncode == 1 and run.stdout == "" and "Traceback" not in run.stderr
+        assert run.returncode == 1 and "Traceback" not in run.stderr and "Epoch" not in run.stdout
         return run.stderr.splitlines()
 
     said = run(tmp_path / "d")  # every mirror failing
     assert said[:2] == [f"error: no mirror gave {name}:", f"  {server.url}/gone/{name}: HTTP Error 403: Forbidden"]
-    assert said[2:] == [f"  {closed}{name}: <urlopen error [Errno 111] Connection refused>", HINT]
-    (tmp_path / "a-file").write_text("mine")  # a data folder that can't be made:
-    assert run(tmp_path / "a-file") == [f"error: [Errno 17] File exists: '{tmp_path}/a-file'", HINT]
-    assert run(tmp_path / "a-file/d") == [f"error: [Errno 20] Not a directory: '{tmp_path}/a-file/d'", HINT]
+    assert said[2].startswith(f"  {closed}{name}: <urlopen error ") and said[3:] == [HINT]
+    (tmp_path / "a-file").write_text("mine")  # a data folder that can't be made: a file there, or above it
+    for folder in (tmp_path / "a-file", tmp_path / "a-file" / "d"):
+        said = run(folder)
+        assert said[0].startswith("error: [Errno ") and said[0].endswith(f": {str(folder)!r}") and said[1:] == [HINT]
     for i, damaged in enumerate([tiny[name][:-30], b"<html>Not Found</html>", gzip.compress(b"not IDX")]):
         folder = folder_with(tmp_path / f"damaged-{i}", {**tiny, name: damaged})  # cut short, not gzip, not IDX
         with pytest.raises(OSError, match=f"^{folder / name} can't be read as gzipped IDX .*; it was left as it is$"):
@@ -325,9 +337,10 @@ def test_pasted_in_a_cell_it_runs_the_defaults_and_percent_run_takes_options(tin
     kernel = ["/usr/lib/python3/dist-packages/ipykernel_launcher.py", "-f", "/root/.local/share/jupyter/kernel.json"]
     cell = compile(open(SCRIPT).read(), "<cell>", "exec")
     monkeypatch.setattr(sys, "argv", kernel)
-    exec(cell, {"__name__": "__main__"})  # a SystemExit would fail the test here
-    out = capsys.readouterr().out.splitlines()
-    assert len(out) == 25 and out[-1].startswith("Epoch 25/25: ")
+    for left_over in ({}, {"__file__": "mlp_mnist.py"}):  # a new kernel, and one where %run -i left a __file__
+        exec(cell, {"__name__": "__main__", **left_over})  # a SystemExit would fail the test here
+        out = capsys.readouterr().out.splitlines()
+        assert len(out) == 25 and out[-1].startswith("Epoch 25/25: ")
     monkeypatch.setattr(sys, "argv", ["mlp_mnist.py", "--epochs", "2"])  # %run mlp_mnist.py --epochs 2
     exec(cell, {"__name__": "__main__", "__file__": SCRIPT})
     assert capsys.readouterr().out.splitlines()[-1].startswith("Epoch 2/2: ")
@@ -354,7 +367,7 @@ def test_the_readmes_loop_against_scan_gives_the_same_weights(monkeypatch, capsy
     monkeypatch.setattr(m, "load_mnist", lambda: [*synthetic(512, 0), *synthetic(100, 1)])
     lines = run_as_pasted(README_BLOCKS[0], capsys).splitlines()
     assert len(lines) == 2 and all(re.fullmatch(r"loop: [\d.]+ s, scan: [\d.]+ s (\S+) \1", line) for line in lines)
-    assert len({line.split()[-1] for line in lines}) == 1 and "the same weights" in README_TEXT
+    assert len({line.split()[-1] for line in lines}) == 1  # the same weights both ways, both times
 
 
 def test_the_readmes_own_arrays_learn_and_print_what_it_says(capsys):
