@@ -143,14 +143,10 @@ def test_train_epoch_is_the_python_loop_over_update():
 
 
 def test_train_shuffles_learns_prints_the_articles_lines_and_repeats_with_a_seed(capsys, monkeypatch):
-    data, batches, train_epoch = (*synthetic(500, 0), *synthetic(200, 1)), [], m.train_epoch
-
-    def recorded(params, images, labels, order, lr):  # train_epoch, noting the batches it is given
-        batches.append(np.asarray(order))
-        return train_epoch(params, images, labels, order, lr)
-
-    monkeypatch.setattr(m, "train_epoch", recorded)
+    data, spy = (*synthetic(500, 0), *synthetic(200, 1)), Mock(wraps=m.train_epoch)  # train_epoch, noting its calls
+    monkeypatch.setattr(m, "train_epoch", spy)
     params, results = m.train(data, [784, 16, 10], seed=0, epochs=4, lr=0.1, batch_size=16)
+    batches = [np.asarray(call.args[3]) for call in spy.call_args_list]
     assert all(b.shape == (31, 16) and len(set(b.ravel())) == 496 for b in batches)  # 31 full batches: 4 left out
     assert len({b.tobytes() for b in batches}) == 4  # a new order each epoch
     assert [r[0] for r in results] == [1, 2, 3, 4] and all(type(x) is float for r in results for x in r[1:])
