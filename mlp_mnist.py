@@ -51,7 +51,7 @@ def cross_entropy_loss(params, X, y):
     """The mean over the batch of -log p(true label)."""
     log_probs = log_softmax(forward(params, X))  # log(softmax) in one step: never log(0) = -inf
     # Row i's entry in column y[i]. A sharp bit: JAX doesn't check indices. A label of 10 would
-    # read column 9 in the loss, and its part of the gradient would be dropped, with no error.
+    # read column 9 in the loss (reads clamp), but add no gradient (out-of-range writes drop).
     return -jnp.mean(log_probs[jnp.arange(len(y)), y])
 
 
@@ -78,7 +78,7 @@ def train_epoch(params, images, labels, batches, lr):
     """Runs `update` on each row of `batches` (image indices); returns the params and mean loss."""
 
     def step(params, batch):  # one iteration of the article's loop
-        return update(params, images[batch], labels[batch], lr)  # train_epoch's arrays, and lr
+        return update(params, images[batch], labels[batch], lr)  # train_epoch's inputs: still pure
 
     # lax.scan(step, params, batches) runs this loop as one compiled program, tracing step once:
     #     losses = []
