@@ -226,8 +226,8 @@ def server():
     httpd.shutdown()
 
 
-def test_mnist_only_four_files_in_order_each_asked_of_two_https_mirrors_in_turn_and_kept_only_if_right(
-    tiny, server, tmp_path
+def test_mnist_only_its_four_files_each_asked_of_two_https_mirrors_in_turn_and_kept_if_right(
+    tiny, server, tmp_path, capsys
 ):
     names = [f"{s}-{kind}-ubyte.gz" for s in ("train", "t10k") for kind in ("images-idx3", "labels-idx1")]
     assert [name for name, _ in FILES] == names and all(re.fullmatch("[0-9a-f]{64}", sha) for _, sha in FILES)
@@ -237,6 +237,9 @@ def test_mnist_only_four_files_in_order_each_asked_of_two_https_mirrors_in_turn_
     server.mirror("good", tiny)
     X, y, X_test, y_test = m.load_mnist(str(tmp_path / "d"))
     assert server.requests == [f"/{prefix}/{name}" for name in names for prefix in ("bad", "good")]
+    assert capsys.readouterr().out.split() == [
+        word for r in server.requests for word in ("Downloading", server.url + r)
+    ]
     assert {p.name: p.read_bytes() for p in (tmp_path / "d").iterdir()} == tiny  # each file right, and nothing else
     (xtr, ytr), (xte, yte) = synthetic(256, 0), synthetic(100, 1)
     assert X.dtype == np.float32 and X.shape == (256, 784) and np.allclose(X, xtr) and np.array_equal(y, ytr)
