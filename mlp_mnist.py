@@ -7,7 +7,7 @@
 Part 3 of "Up and Running with JAX", with its function names and training loop, except for these.
 MNIST is downloaded here, not taken from torchvision, and the settings are named at the top.
 `update` takes any number of layers, and its lr has no default; the keys are split for each use.
-Each epoch has a new random order and fetches its loss once; accuracy is one compiled call.
+Each epoch has a new random order and waits for its losses once; accuracy is one compiled call.
 The article: https://www.jtrive.com/posts/intro-to-jax-part-3/intro-to-jax-part-3.html"""
 
 import gzip
@@ -49,7 +49,7 @@ def forward(params, X):
     """The logits, a score per class, for a batch of images: ReLU after every layer but the last."""
     activations = X  # (batch, 784): the 28 x 28 pixels of each image, in [0, 1]
     for W, b in params[:-1]:  # params: (W, b) pairs, W of shape (in, out), e.g. (784, 128)
-        activations = relu(activations @ W + b)  # (batch, 784) @ (784, 128) + (128,)
+        activations = relu(activations @ W + b)  # first: (batch, 784) @ (784, 128) + (128,)
     W, b = params[-1]
     return activations @ W + b  # (batch, 128) @ (128, 10) + (10,) -> (batch, 10)
 
@@ -57,7 +57,7 @@ def forward(params, X):
 def cross_entropy_loss(params, X, y):
     """The mean over the batch of -log p(true label)."""
     log_probs = log_softmax(forward(params, X))  # log(softmax) in one step: never log(0) = -inf
-    # Labels must be 0-9: JAX checks no index, and in a gradient an out-of-range one is undefined.
+    # Labels must be 0-9: JAX checks no index, and out of range, loss and gradient are undefined.
     return -jnp.mean(log_probs[jnp.arange(len(y)), y])  # row i's entry in column y[i]
 
 
@@ -87,13 +87,13 @@ def evaluate(params, X, y):
 
 def train(data, sizes=LAYER_SIZES, epochs=EPOCHS, lr=LR, batch_size=BATCH_SIZE, seed=SEED):
     """Trains on `data`, train and test images and labels; returns the params and `results`."""
-    train_images, train_labels, test_images, test_labels = data  # NumPy: batches are cut here
+    train_images, train_labels, test_images, test_labels = data  # NumPy: batches are cut from these
     # device_put copies a pytree's arrays to JAX's device (a GPU if any) once, for evaluate.
     train_set, test_set = jax.device_put(((train_images, train_labels), (test_images, test_labels)))
     # random.key is the current form of the article's legacy PRNGKey; the functions take either.
     key, init_key = random.split(random.key(seed))
     params = initialize_weights(sizes, init_key)
-    n_batches = len(train_labels) // batch_size  # full only: a shorter batch compiles update again
+    n_batches = len(train_labels) // batch_size  # the rest sit out: a short batch recompiles update
     results = []  # the article's list: (epoch, loss, train accuracy, valid accuracy, seconds)
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
@@ -104,7 +104,7 @@ def train(data, sizes=LAYER_SIZES, epochs=EPOCHS, lr=LR, batch_size=BATCH_SIZE, 
             params, loss = update(params, train_images[batch], train_labels[batch], lr)
             losses.append(loss)  # no loss.item(): Python goes on to the next batch meanwhile
         loss = float(np.mean(losses))  # asynchronous dispatch: update returned early; np.mean waits
-        epoch_time = time.perf_counter() - start
+        epoch_time = time.perf_counter() - start  # epoch 1's includes compiling update
         train_acc = float(evaluate(params, *train_set))
         valid_acc = float(evaluate(params, *test_set))  # "valid", as in the article: the test set
         results.append((epoch, loss, train_acc, valid_acc, epoch_time))

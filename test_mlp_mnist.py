@@ -90,7 +90,19 @@ def synthetic(n, seed):
     return (images / 255).astype(np.float32), labels
 
 
-DATA = (*synthetic(500, 0), *synthetic(200, 1))
+def gzipped_idx(a):  # IDX, gzipped: 0, 0, 8 (uint8), the number of sizes; the sizes, big-endian uint32; the values
+    return gzip.compress(bytes([0, 0, 8, a.ndim]) + np.array(a.shape, ">u4").tobytes() + a.astype(np.uint8).tobytes())
+
+
+DATA = (*synthetic(500, 0), *synthetic(200, 1))  # train and test images and labels, as load_mnist gives
+TINY = [np.round(DATA[0][:256] * 255).reshape(-1, 28, 28), DATA[1][:256], np.zeros((100, 28, 28)), DATA[3][:100]]
+TINY = {name: gzipped_idx(a) for (name, _), a in zip(m.FILES, TINY)}  # MNIST's four files in miniature
+FIRST = m.FILES[0][0]  # train-images-idx3-ubyte.gz
+FAILED = {"an HTML page": (200, b"<html>503</html>"), "cut short": (200, TINY[FIRST][:-40])}  # what a mirror sends
+FAILED |= {"a cut connection": ("cut", TINY[FIRST]), "HTTP 403": (403, b"")}
+DAMAGED = {"cut short": TINY[FIRST][:-30], "not gzip": b"<html>404</html>", "a flipped bit": bytearray(TINY[FIRST])}
+DAMAGED["a flipped bit"][40] ^= 4  # inside the compressed stream
+DAMAGED |= {"empty": gzip.compress(b""), "not IDX": gzip.compress(b"not IDX")}
 
 
 def test_train_learns():
@@ -126,20 +138,6 @@ def test_the_functions_run_in_the_articles_own_loop():
             losses.append(loss.item())
     valid = [m.accuracy(m.forward(params, X_test[i : i + 64]), y_test[i : i + 64]).item() for i in (0, 64, 128)]
     assert np.mean(losses) < np.log(10) / 4 and np.mean(valid) > 0.9, (losses, valid)
-
-
-def gzipped_idx(a):  # IDX, gzipped: 0, 0, 8 (uint8), the number of sizes; the sizes, big-endian uint32; the values
-    return gzip.compress(bytes([0, 0, 8, a.ndim]) + np.array(a.shape, ">u4").tobytes() + a.astype(np.uint8).tobytes())
-
-
-TINY = [np.round(DATA[0][:256] * 255).reshape(-1, 28, 28), DATA[1][:256], np.zeros((100, 28, 28)), DATA[3][:100]]
-TINY = {name: gzipped_idx(a) for (name, _), a in zip(m.FILES, TINY)}  # MNIST's four files in miniature
-FIRST = m.FILES[0][0]  # train-images-idx3-ubyte.gz
-FAILED = {"an HTML page": (200, b"<html>503</html>"), "cut short": (200, TINY[FIRST][:-40])}  # what a mirror sends
-FAILED |= {"a cut connection": ("cut", TINY[FIRST]), "HTTP 403": (403, b"")}
-DAMAGED = {"cut short": TINY[FIRST][:-30], "not gzip": b"<html>404</html>", "a flipped bit": bytearray(TINY[FIRST])}
-DAMAGED["a flipped bit"][40] ^= 4  # inside the compressed stream
-DAMAGED |= {"empty": gzip.compress(b""), "not IDX": gzip.compress(b"not IDX")}
 
 
 @pytest.fixture
@@ -257,3 +255,23 @@ def test_the_readmes_links_and_line_numbers_land_on_what_they_name():
     assert len(links) >= 10 and all(name in lines[int(number) - 1] for name, number in links), links
     end = next(node.end_lineno for node in ast.parse("\n".join(lines)).body if getattr(node, "name", "") == "train")
     assert f"the lesson (lines 1-{end}," in TEXT  # the settings to the end of train: a notebook cell of their own
+
+
+def test_the_readmes_scanned_epoch_gives_the_loops_weights(monkeypatch, capsys):
+    monkeypatch.setattr(m, "load_mnist", Mock(return_value=DATA))  # tiny data for the block's MNIST
+    exec(BLOCKS[1], {})
+    out = capsys.readouterr().out.splitlines()
+    assert [re.sub(r"\d+\.\d\d", "T", line) for line in out] == ["loop: T s, scan: T s"] * 2 + ["same weights: True"]
+
+
+def test_the_readmes_jaxpr_holds_what_it_names(capsys):
+    exec(BLOCKS[2], {})
+    out, said = capsys.readouterr().out, re.search(r"\nIts (\d+) lines hold (.+?)\n", README)
+    assert len(out.splitlines()) == int(said[1]) and all(name in out for name in re.findall(r"`([^`]+)`", said[2]))
+
+
+def test_the_readmes_update_on_2_devices_gives_the_same_weights(tmp_path):
+    folder_with(tmp_path / "mlp_mnist", TINY)
+    run = python(tmp_path, "-c", BLOCKS[3])  # a process of its own, as the block makes 2 CPU devices before JAX starts
+    said = re.fullmatch(r"on 2 devices; largest weight difference from one device: (\S+)\n", run.stdout)
+    assert said and float(said[1]) <= 1e-5, run.stderr
