@@ -44,15 +44,12 @@ def backward_by_hand(params, X, y):
 
 
 @pytest.mark.parametrize("sizes", [[20, 16, 10], [20, 12, 8, 10]], ids=["2-layer", "3-layer"])
-def test_grad_is_the_backward_pass_by_hand_and_finite_differences(sizes):
+def test_grad_is_the_backward_pass_by_hand_and_numerically(sizes):
     with jax.enable_x64(True):
         rng = np.random.default_rng(0)  # weights of scale 0.5: many ReLUs on, many off
         params = [(0.5 * rng.standard_normal((a, b)), 0.5 * rng.standard_normal(b)) for a, b in zip(sizes, sizes[1:])]
         X, y, (flat, unflatten) = rng.random((8, sizes[0])), rng.integers(0, sizes[-1], 8), ravel_pytree(params)
-
-        def loss(v):  # the loss as a function of one vector holding every weight and bias
-            return m.cross_entropy_loss(unflatten(v), X, y)
-
+        loss = jax.jit(lambda v: m.cross_entropy_loss(unflatten(v), X, y))  # of one vector of every weight and bias
         grad, eps = jax.grad(loss)(flat), 1e-6  # (loss(v + eps e) - loss(v - eps e)) / 2 eps along each direction e:
         numeric = jax.vmap(lambda e: (loss(flat + eps * e) - loss(flat - eps * e)) / (2 * eps))(jnp.eye(len(flat)))
         np.testing.assert_allclose(grad, ravel_pytree(backward_by_hand(params, X, y))[0], rtol=1e-10, atol=1e-12)
@@ -207,8 +204,9 @@ def test_a_damaged_file_is_named_and_left_as_it_is(damage, server, tmp_path):
     assert (tmp_path / FIRST).read_bytes() == DAMAGED[damage] and server.requests == []
 
 
-def python(tmp_path, *args):  # `python *args` offline (the mirrors behind no proxy), $XDG_CACHE_HOME in tmp_path
-    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path), HOME="/h", https_proxy="http://127.0.0.1:1", no_proxy="")
+def python(tmp_path, *args, xdg=None):  # `python *args`, offline; $XDG_CACHE_HOME tmp_path unless given; $HOME in it
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path) if xdg is None else xdg, HOME=str(tmp_path / "home"))
+    env |= {"https_proxy": "http://127.0.0.1:1", "no_proxy": ""}  # the mirrors behind a proxy that isn't there
     return subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, cwd=ROOT, timeout=120)
 
 
@@ -225,10 +223,10 @@ def test_what_goes_wrong_is_one_message_and_exit_1(case, tmp_path):
     assert run.returncode == 1 and re.fullmatch(f"error: {said}\n", run.stderr), run.stderr
 
 
-@pytest.mark.parametrize("xdg, folder", [("{}", "{}/mlp_mnist"), ("", "/h/.cache/mlp_mnist")])
+@pytest.mark.parametrize("xdg, folder", [(None, "mlp_mnist"), ("", "home/.cache/mlp_mnist")])  # $XDG_CACHE_HOME set
 def test_an_import_only_names_the_data_folder(xdg, folder, tmp_path):
-    run = python(xdg.format(tmp_path), "-c", "import mlp_mnist; print(mlp_mnist.DATA_DIR)")
-    assert run.stdout == folder.format(tmp_path) + "\n" and os.listdir(tmp_path) == []  # no output, no folder
+    run = python(tmp_path, "-c", "import mlp_mnist; print(mlp_mnist.DATA_DIR)", xdg=xdg)
+    assert run.stdout == f"{tmp_path / folder}\n" and os.listdir(tmp_path) == []  # no output, no folder
 
 
 def test_the_whole_file_in_a_cell_trains_with_the_settings(tmp_path, monkeypatch, capsys):
@@ -250,7 +248,7 @@ def test_the_readmes_one_line_examples_give_what_it_says():
     assert len(claims) == 3 and all(str(eval(e, {"jax": jax, "jnp": jnp, "np": np})) == shown for e, shown in claims)
 
 
-def test_the_readmes_links_and_line_numbers_land_on_what_they_name():
+def test_the_readmes_links_and_line_numbers_land_right():
     lines, links = open(SCRIPT).read().splitlines(), re.findall(r"\[`([^`]+)`\]\(mlp_mnist\.py#L(\d+)\)", README)
     assert len(links) >= 10 and all(name in lines[int(number) - 1] for name, number in links), links
     end = next(node.end_lineno for node in ast.parse("\n".join(lines)).body if getattr(node, "name", "") == "train")
@@ -266,7 +264,7 @@ def test_the_readmes_scanned_epoch_gives_the_loops_weights(monkeypatch, capsys):
 
 def test_the_readmes_jaxpr_holds_what_it_names(capsys):
     exec(BLOCKS[2], {})
-    out, said = capsys.readouterr().out, re.search(r"\nIts (\d+) lines hold (.+?)\n", README)
+    out, said = capsys.readouterr().out, re.search(r"\nIts (\d+) lines (.+?)\n", README)
     assert len(out.splitlines()) == int(said[1]) and all(name in out for name in re.findall(r"`([^`]+)`", said[2]))
 
 
