@@ -70,7 +70,7 @@ def update(params, X, y, lr):
     # value_and_grad differentiates with respect to the first argument, params.
     loss, grads = value_and_grad(cross_entropy_loss)(params, X, y)  # grads: a pytree like params
     # jax.tree.map(f, params, grads) calls f on each array of params and its gradient in grads.
-    # lr is traced like the arrays, so a new value does not compile update again.
+    # lr is traced like the arrays, so a new float value does not compile update again.
     return jax.tree.map(lambda p, g: p - lr * g, params, grads), loss
 
 
