@@ -1,23 +1,17 @@
 # /// script
 # requires-python = ">=3.11"
-# dependencies = ["jax>=0.9.0", "numpy>=2.0"]  # what `uv run` installs: a PEP 723 block
+# dependencies = ["jax>=0.9.0", "numpy>=2.0"]
 # ///
-"""Train a fully connected network (784-128-10, ReLU) on MNIST in plain JAX: `python mlp_mnist.py`.
+"""Train a 784-128-10 ReLU network on MNIST in plain JAX, as "Up and Running with JAX" part 3 does.
 
-Part 3 of "Up and Running with JAX", with its function names and training loop, except for these.
-MNIST is downloaded here, not taken from torchvision, and the settings are named at the top.
-`update` takes any number of layers, and its lr has no default; the keys are split for each use.
-Each epoch has a new random order and waits for its losses once; accuracy is one compiled call.
-The article: https://www.jtrive.com/posts/intro-to-jax-part-3/intro-to-jax-part-3.html"""
+Read from the top: settings, model, loss, one SGD step, accuracy, and the article's loop in `train`.
+The code after it downloads MNIST. The block above lists what `uv run mlp_mnist.py` installs."""
 
 import gzip
 import hashlib
-import http.client
 import os
-import sys
 import time
 import urllib.request
-import zlib
 from pathlib import Path
 
 import jax
@@ -26,7 +20,7 @@ import numpy as np
 from jax import jit, random, value_and_grad
 from jax.nn import log_softmax, relu
 
-# --- Settings: the article's. Edit them here, or call train(...) with others -----------------
+# Settings: the article's. Edit them here, or pass others to train(...).
 LAYER_SIZES = [784, 128, 10]  # 28 x 28 pixels in, one hidden layer of 128, a score per digit out
 EPOCHS = 25
 LR = 0.01  # the learning rate: each step moves the params by -LR times their gradient
@@ -34,13 +28,12 @@ BATCH_SIZE = 64
 SEED = 516
 
 
-# --- The model, its loss, one step of gradient descent, and accuracy -------------------------
 def initialize_weights(sizes, key, scale=0.02):
     """A (W, b) pair per layer, W of shape (m, n), every entry drawn from N(0, scale²)."""
-    # params is a pytree: nested lists, tuples and dicts of arrays, which grad and jit take whole.
     params = []
+    # A key used twice gives the same numbers twice, so each layer gets its own, split for W and b.
     for m, n, layer_key in zip(sizes[:-1], sizes[1:], random.split(key, len(sizes) - 1)):
-        w_key, b_key = random.split(layer_key)  # a key used twice gives the same numbers: split it
+        w_key, b_key = random.split(layer_key)
         params.append((scale * random.normal(w_key, (m, n)), scale * random.normal(b_key, (n,))))
     return params
 
@@ -56,22 +49,24 @@ def forward(params, X):
 
 def cross_entropy_loss(params, X, y):
     """The mean over the batch of -log p(true label)."""
-    log_probs = log_softmax(forward(params, X))  # log(softmax) in one step: never log(0) = -inf
-    # Labels must be 0-9: JAX checks no index, and out of range, loss and gradient are undefined.
-    return -jnp.mean(log_probs[jnp.arange(len(y)), y])  # row i's entry in column y[i]
+    # log_softmax is log(softmax) in one step, so a tiny probability never becomes log(0) = -inf.
+    log_probs = log_softmax(forward(params, X))
+    # Row i's entry in column y[i]. Labels must be 0 to 9, as JAX checks no index. As in NumPy,
+    # -1 reads column 9. Unlike NumPy, 10 raises no error: the loss reads column 9, its gradient 0.
+    return -jnp.mean(log_probs[jnp.arange(len(y)), y])
 
 
-# jit traces: at a first call with new shapes or dtypes, it runs the Python once, on tracers.
-# Tracers stand in for arrays, recording each operation; XLA compiles that, later calls reuse it.
-# So keep it pure: the result must depend only on the arguments, and a print runs only in tracing.
+# @jit compiles update. At the first call with new shapes or dtypes, JAX runs the Python once on
+# tracers, stand-ins for arrays that record each operation, and XLA compiles that record. Later
+# calls run only the compiled program, so a print in update would print only while it is traced.
 @jit
 def update(params, X, y, lr):
     """One SGD step: returns the new params and the batch's loss."""
-    # value_and_grad differentiates with respect to the first argument, params.
-    loss, grads = value_and_grad(cross_entropy_loss)(params, X, y)  # grads: a pytree like params
-    # jax.tree.map(f, params, grads) calls f on each array of params and its gradient in grads.
-    # lr is traced like the arrays, so a new float value does not compile update again.
-    return jax.tree.map(lambda p, g: p - lr * g, params, grads), loss
+    # value_and_grad gives the loss and its gradient with respect to the first argument, params.
+    loss, grads = value_and_grad(cross_entropy_loss)(params, X, y)
+    # grads has the structure of params, a (dW, db) pair per layer. JAX calls such nested lists and
+    # tuples of arrays a pytree. lr is traced like the arrays: a new float lr compiles nothing new.
+    return [(W - lr * dW, b - lr * db) for (W, b), (dW, db) in zip(params, grads)], loss
 
 
 def accuracy(logits, labels):
@@ -87,23 +82,27 @@ def evaluate(params, X, y):
 
 def train(data, sizes=LAYER_SIZES, epochs=EPOCHS, lr=LR, batch_size=BATCH_SIZE, seed=SEED):
     """Trains on `data`, train and test images and labels; returns the params and `results`."""
-    train_images, train_labels, test_images, test_labels = data  # NumPy: batches are cut from these
-    # device_put copies a pytree's arrays to JAX's device (a GPU if any) once, for evaluate.
+    train_images, train_labels, test_images, test_labels = data  # NumPy arrays
+    # evaluate reads all 70,000 images at every epoch, so they are copied to JAX's device (a GPU if
+    # there is one) once, here. Batches are cut from the NumPy arrays; update copies each one over.
     train_set, test_set = jax.device_put(((train_images, train_labels), (test_images, test_labels)))
-    # random.key is the current form of the article's legacy PRNGKey; the functions take either.
+    # random.key makes a typed key, the newer form of the article's random.PRNGKey; the functions
+    # take either (https://docs.jax.dev/en/latest/jep/9263-typed-keys.html).
     key, init_key = random.split(random.key(seed))
     params = initialize_weights(sizes, init_key)
-    n_batches = len(train_labels) // batch_size  # the rest sit out: a short batch recompiles update
+    n_batches = len(train_labels) // batch_size  # a last, shorter batch would compile update again
     results = []  # the article's list: (epoch, loss, train accuracy, valid accuracy, seconds)
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
-        key, shuffle_key = random.split(key)  # a new key for each epoch's order
+        key, shuffle_key = random.split(key)  # a new key, so a new order, for each epoch
         order = np.asarray(random.permutation(shuffle_key, len(train_labels)))
         losses = []
         for batch in order[: n_batches * batch_size].reshape(n_batches, batch_size):
             params, loss = update(params, train_images[batch], train_labels[batch], lr)
-            losses.append(loss)  # no loss.item(): Python goes on to the next batch meanwhile
-        loss = float(np.mean(losses))  # asynchronous dispatch: update returned early; np.mean waits
+            losses.append(loss)
+        # Asynchronous dispatch (a page in JAX's docs): update returns before its step is done, so
+        # Python cuts the next batch meanwhile. np.mean waits once; the article's .item() each step.
+        loss = float(np.mean(losses))
         epoch_time = time.perf_counter() - start  # epoch 1's includes compiling update
         train_acc = float(evaluate(params, *train_set))
         valid_acc = float(evaluate(params, *test_set))  # "valid", as in the article: the test set
@@ -124,7 +123,7 @@ DATA_DIR = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("
 
 
 def download(name, sha256, folder):
-    """The bytes of the first copy of `name`, from the mirrors in order, whose SHA-256 is right."""
+    """The bytes of `name` from the first mirror, in order, that sends them with the right SHA-256."""
     failures = ""
     for url in [mirror + name for mirror in MIRRORS]:
         print(f"Downloading {url}")
@@ -133,7 +132,7 @@ def download(name, sha256, folder):
             if hashlib.sha256(data).hexdigest() == sha256:  # not an HTML error page, nor a file cut short
                 return data
             failures += f"\n  {url}: {len(data):,} bytes, not the real file"
-        except (OSError, http.client.HTTPException) as e:  # offline, an HTTP error, a cut connection
+        except Exception as e:  # offline, an HTTP error, a connection cut short
             failures += f"\n  {url}: {e}"
     raise OSError(f"no mirror gave {name}:{failures}\nOffline? Put MNIST's four .gz files in {folder}")
 
@@ -144,14 +143,13 @@ def load_mnist(folder=DATA_DIR):
     arrays = []
     for name, sha256 in FILES:
         path = os.path.join(folder, name)
-        if not os.path.exists(path):  # a file already there is used as it is
-            Path(path + ".part").write_bytes(download(name, sha256, folder))  # whole, under a temporary name
-            os.replace(path + ".part", path)  # then renamed: the real name never holds half a file
+        if not os.path.exists(path):  # a file already there is used as it is, unchecked
+            Path(path).write_bytes(download(name, sha256, folder))
         try:  # IDX: bytes 0, 0, 8 (uint8), k; k sizes as big-endian uint32; then the values
             data = gzip.decompress(Path(path).read_bytes())
             shape = np.frombuffer(data, ">u4", count=data[3], offset=4)
             arrays.append(np.frombuffer(data, np.uint8, offset=4 + 4 * data[3]).reshape(shape))
-        except (OSError, EOFError, zlib.error, IndexError, ValueError) as e:  # not gzip, cut, not IDX
+        except Exception as e:  # not gzip, cut short, or not IDX
             raise OSError(f"{path} can't be read ({e}); it was left as it is: delete it to download it again") from e
     train_images, train_labels, test_images, test_labels = arrays
     train_images, test_images = (x.reshape(-1, 784) / np.float32(255) for x in (train_images, test_images))
@@ -159,7 +157,4 @@ def load_mnist(folder=DATA_DIR):
 
 
 if __name__ == "__main__":  # python mlp_mnist.py, %run mlp_mnist.py, or the whole file in a cell
-    try:
-        train(load_mnist())
-    except OSError as e:  # offline, a folder that can't be made, a damaged file: exit 1, no traceback
-        sys.exit(f"error: {e}")
+    train(load_mnist())
