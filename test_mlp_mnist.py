@@ -227,7 +227,7 @@ def test_two_devices_give_the_weights_of_one(tmp_path):
 
 def test_the_jaxpr_holds_each_operation_the_readme_names(tmp_path):
     out, prose = "\n".join(pasted(tmp_path, "What `jit` sees")), readme("What `jit` sees")
-    names = ["f32[2,784]", "dot_general", "broadcast_in_dim", "add", "custom_jvp_call", "max"]
+    names = ["f32[2,784]", "dot_general", "broadcast_in_dim", "add", "custom_jvp_call", "jit", "max"]
     assert [name for name in names if f"`{name}`" not in prose or name not in out] == []
 
 
