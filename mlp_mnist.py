@@ -1,11 +1,12 @@
+"""Train a 784-128-10 ReLU network on MNIST in plain JAX, as "Up and Running with JAX" part 3 does.
+
+Read from the top: settings, model, loss, one SGD step, accuracy, and the article's loop in `train`.
+The code after it downloads MNIST. The block below lists what `uv run mlp_mnist.py` installs."""
+
 # /// script
 # requires-python = ">=3.11"
 # dependencies = ["jax>=0.9.0", "numpy>=2.0"]
 # ///
-"""Train a 784-128-10 ReLU network on MNIST in plain JAX, as "Up and Running with JAX" part 3 does.
-
-Read from the top: settings, model, loss, one SGD step, accuracy, and the article's loop in `train`.
-The code after it downloads MNIST. The block above lists what `uv run mlp_mnist.py` installs."""
 
 import gzip
 import hashlib
@@ -51,8 +52,8 @@ def cross_entropy_loss(params, X, y):
     """The mean over the batch of -log p(true label)."""
     # log_softmax is log(softmax) in one step, so a tiny probability never becomes log(0) = -inf.
     log_probs = log_softmax(forward(params, X))
-    # Row i's entry in column y[i]. Labels must be 0 to 9, as JAX checks no index. As in NumPy,
-    # -1 reads column 9. Unlike NumPy, 10 raises no error: the loss reads column 9, its gradient 0.
+    # Row i's entry in column y[i]. Labels must be 0 to 9: JAX checks no index. As in NumPy, -1
+    # reads column 9. Unlike NumPy, 10 is no error: it reads column 9 too, yet adds no gradient.
     return -jnp.mean(log_probs[jnp.arange(len(y)), y])
 
 
@@ -83,11 +84,10 @@ def evaluate(params, X, y):
 def train(data, sizes=LAYER_SIZES, epochs=EPOCHS, lr=LR, batch_size=BATCH_SIZE, seed=SEED):
     """Trains on `data`, train and test images and labels; returns the params and `results`."""
     train_images, train_labels, test_images, test_labels = data  # NumPy arrays
-    # evaluate reads all 70,000 images at every epoch, so they are copied to JAX's device (a GPU if
-    # there is one) once, here. Batches are cut from the NumPy arrays; update copies each one over.
+    # evaluate reads all 70,000 images each epoch, so jax.device_put copies every array in these
+    # tuples to JAX's device (a GPU if any) once. Batches are cut in NumPy and copied by update.
     train_set, test_set = jax.device_put(((train_images, train_labels), (test_images, test_labels)))
-    # random.key makes a typed key, the newer form of the article's random.PRNGKey; the functions
-    # take either (https://docs.jax.dev/en/latest/jep/9263-typed-keys.html).
+    # random.key is the typed, newer form of the article's random.PRNGKey (JEP 9263); both work.
     key, init_key = random.split(random.key(seed))
     params = initialize_weights(sizes, init_key)
     n_batches = len(train_labels) // batch_size  # a last, shorter batch would compile update again
@@ -100,8 +100,8 @@ def train(data, sizes=LAYER_SIZES, epochs=EPOCHS, lr=LR, batch_size=BATCH_SIZE, 
         for batch in order[: n_batches * batch_size].reshape(n_batches, batch_size):
             params, loss = update(params, train_images[batch], train_labels[batch], lr)
             losses.append(loss)
-        # Asynchronous dispatch (a page in JAX's docs): update returns before its step is done, so
-        # Python cuts the next batch meanwhile. np.mean waits once; the article's .item() each step.
+        # update returns before its step is done (asynchronous dispatch, a page in JAX's docs), so
+        # Python cuts the next batch meanwhile. loss.item() would wait at each step; np.mean, once.
         loss = float(np.mean(losses))
         epoch_time = time.perf_counter() - start  # epoch 1's includes compiling update
         train_acc = float(evaluate(params, *train_set))
