@@ -52,8 +52,8 @@ def cross_entropy_loss(params, X, y):
     """The mean over the batch of -log p(true label)."""
     # log_softmax is log(softmax) in one step, so a tiny probability never becomes log(0) = -inf.
     log_probs = log_softmax(forward(params, X))
-    # Row i's entry in column y[i]. Labels must be 0 to 9: JAX checks no index. As in NumPy, -1
-    # reads column 9. Unlike NumPy, 10 is no error: it reads column 9 too, yet adds no gradient.
+    # Row i's entry in column y[i]. Labels must be 0 to 9: JAX assumes indices are in bounds and
+    # checks none. As in NumPy, -1 reads column 9; 10 raises no error and its result is undefined.
     return -jnp.mean(log_probs[jnp.arange(len(y)), y])
 
 
@@ -97,11 +97,11 @@ def train(data, sizes=LAYER_SIZES, epochs=EPOCHS, lr=LR, batch_size=BATCH_SIZE, 
         key, shuffle_key = random.split(key)  # a new key, so a new order, for each epoch
         order = np.asarray(random.permutation(shuffle_key, len(train_labels)))
         losses = []
-        for batch in order[: n_batches * batch_size].reshape(n_batches, batch_size):
-            params, loss = update(params, train_images[batch], train_labels[batch], lr)
+        for idx in order[: n_batches * batch_size].reshape(n_batches, batch_size):  # indices
+            params, loss = update(params, train_images[idx], train_labels[idx], lr)
             losses.append(loss)
         # update returns before its step is done (asynchronous dispatch, a page in JAX's docs), so
-        # Python cuts the next batch meanwhile. loss.item() would wait at each step; np.mean, once.
+        # Python cuts the next batch meanwhile. loss.item() would wait at each step, np.mean once.
         loss = float(np.mean(losses))
         epoch_time = time.perf_counter() - start  # epoch 1's includes compiling update
         train_acc = float(evaluate(params, *train_set))
@@ -112,7 +112,8 @@ def train(data, sizes=LAYER_SIZES, epochs=EPOCHS, lr=LR, batch_size=BATCH_SIZE, 
     return params, results
 
 
-FILES = [  # MNIST's four files, in the order load_mnist returns them, each with its SHA-256
+# The data. MNIST's four files, in the order load_mnist returns them, each with its SHA-256:
+FILES = [
     ("train-images-idx3-ubyte.gz", "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609"),
     ("train-labels-idx1-ubyte.gz", "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c"),
     ("t10k-images-idx3-ubyte.gz", "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6"),
@@ -145,15 +146,13 @@ def load_mnist(folder=DATA_DIR):
         path = os.path.join(folder, name)
         if not os.path.exists(path):  # a file already there is used as it is, unchecked
             Path(path).write_bytes(download(name, sha256, folder))
-        try:  # IDX: bytes 0, 0, 8 (uint8), k; k sizes as big-endian uint32; then the values
-            data = gzip.decompress(Path(path).read_bytes())
-            shape = np.frombuffer(data, ">u4", count=data[3], offset=4)
-            arrays.append(np.frombuffer(data, np.uint8, offset=4 + 4 * data[3]).reshape(shape))
+        images = "images" in name  # IDX: a header of 16 bytes (images) or 8 (labels), then a byte a value
+        try:
+            values = np.frombuffer(gzip.decompress(Path(path).read_bytes()), np.uint8, offset=16 if images else 8)
+            arrays.append(values.reshape(-1, 784) / np.float32(255) if images else values)
         except Exception as e:  # not gzip, cut short, or not IDX
             raise OSError(f"{path} can't be read ({e}); it was left as it is: delete it to download it again") from e
-    train_images, train_labels, test_images, test_labels = arrays
-    train_images, test_images = (x.reshape(-1, 784) / np.float32(255) for x in (train_images, test_images))
-    return train_images, train_labels, test_images, test_labels
+    return tuple(arrays)
 
 
 if __name__ == "__main__":  # python mlp_mnist.py, %run mlp_mnist.py, or the whole file in a cell
