@@ -53,7 +53,7 @@ def cross_entropy_loss(params, X, y):
     # log_softmax is log(softmax) in one step, so a tiny probability never becomes log(0) = -inf.
     log_probs = log_softmax(forward(params, X))
     # Row i's entry in column y[i]. Labels must be 0 to 9: JAX assumes indices are in bounds and
-    # checks none. As in NumPy, -1 reads column 9; 10 raises no error and its result is undefined.
+    # checks none. -1 reads column 9, as in NumPy; 10, unlike in NumPy, is no error but undefined.
     return -jnp.mean(log_probs[jnp.arange(len(y)), y])
 
 
@@ -62,7 +62,7 @@ def cross_entropy_loss(params, X, y):
 # calls run only the compiled program, so a print in update would print only while it is traced.
 @jit
 def update(params, X, y, lr):
-    """One SGD step: returns the new params and the batch's loss."""
+    """One SGD step, of learning rate lr (no default): returns the new params and the loss."""
     # value_and_grad gives the loss and its gradient with respect to the first argument, params.
     loss, grads = value_and_grad(cross_entropy_loss)(params, X, y)
     # grads has the structure of params, a (dW, db) pair per layer. JAX calls such nested lists and

@@ -224,7 +224,7 @@ def test_a_readme_block_prints_what_the_readme_shows(heading, tmp_path):
 
 def test_two_devices_give_the_weights_of_one(tmp_path):
     out = pasted(tmp_path, "One compiled epoch", "The same epoch on two devices")[-1]  # a fresh process
-    assert out.startswith("2 devices, largest difference from 1: ") and float(out.split()[-1]) <= 1e-5
+    assert out.startswith("2 devices, largest difference from 1 device: ") and float(out.split()[-1]) <= 1e-5
 
 
 def test_the_jaxpr_holds_each_operation_the_readme_names(tmp_path):
