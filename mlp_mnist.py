@@ -97,7 +97,7 @@ def train(data, sizes=LAYER_SIZES, epochs=EPOCHS, lr=LR, batch_size=BATCH_SIZE, 
         key, shuffle_key = random.split(key)  # a new key, so a new order, for each epoch
         order = np.asarray(random.permutation(shuffle_key, len(train_labels)))
         losses = []
-        for idx in order[: n_batches * batch_size].reshape(n_batches, batch_size):  # indices
+        for idx in order[: n_batches * batch_size].reshape(n_batches, batch_size):
             params, loss = update(params, train_images[idx], train_labels[idx], lr)
             losses.append(loss)
         # update returns before its step is done (asynchronous dispatch, a page in JAX's docs), so
