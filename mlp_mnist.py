@@ -1,6 +1,5 @@
 """Train a 784-128-10 ReLU network on MNIST in plain JAX, as "Up and Running with JAX" part 3 does:
-https://www.jtrive.com/posts/intro-to-jax-part-3/intro-to-jax-part-3.html
-Read from the top: settings, model, loss, one SGD step, accuracy, and the article's loop, train."""
+https://www.jtrive.com/posts/intro-to-jax-part-3/intro-to-jax-part-3.html"""
 
 # SPDX-License-Identifier: MIT
 # /// script
@@ -21,7 +20,7 @@ import numpy as np
 from jax import jit, random, value_and_grad
 from jax.nn import log_softmax, relu
 
-# The article's settings, train's defaults. In a session, pass others: train(data, epochs=5).
+# The article's settings, which train takes as defaults: in a session, pass train(data, epochs=5).
 LAYER_SIZES = [784, 128, 10]  # 28 x 28 pixels in, 10 scores out
 EPOCHS = 25
 LR = 0.01
@@ -32,7 +31,7 @@ SEED = 516
 def initialize_weights(sizes, key, scale=0.02):
     """Returns a list of (W, b) pairs, one per layer, their entries drawn from N(0, scale²)."""
     params = []
-    # A key used twice gives the same numbers twice: each layer and array gets its own.
+    # A key used twice gives the same numbers twice, so each layer and each array gets its own.
     for m, n, layer_key in zip(sizes[:-1], sizes[1:], random.split(key, len(sizes) - 1)):
         w_key, b_key = random.split(layer_key)
         params.append((scale * random.normal(w_key, (m, n)), scale * random.normal(b_key, (n,))))
@@ -58,9 +57,9 @@ def cross_entropy_loss(params, X, y):
 # running it once on stand-ins that record each operation, and XLA compiles the record. Later
 # calls run only the compiled code, so a print in update prints only while it is traced.
 @jit
-def update(params, X, y, lr):
+def update(params, X, y, lr=LR):
     """Takes one SGD step; returns the new params and the batch's loss."""
-    loss, grads = value_and_grad(cross_entropy_loss)(params, X, y)  # grads: a (dW, db) per layer
+    loss, grads = value_and_grad(cross_entropy_loss)(params, X, y)  # grads is built like params
     return [(W - lr * dW, b - lr * db) for (W, b), (dW, db) in zip(params, grads)], loss
 
 
@@ -70,25 +69,25 @@ def accuracy(logits, labels):
 
 
 def train(data, sizes=LAYER_SIZES, epochs=EPOCHS, lr=LR, batch_size=BATCH_SIZE, seed=SEED):
-    """Trains on data, load_mnist's four arrays; returns the params and the article's results."""
-    train_images, train_labels = data[:2]  # NumPy arrays: batches are cut from these
-    # device_put copies the images accuracy reads each epoch to the device, once.
-    X_train, y_train, X_test, y_test = jax.device_put(data)
+    """Trains on the four arrays load_mnist returns; returns the params and the results list."""
+    train_images, train_labels = data[:2]  # NumPy arrays, to cut the batches from
+    X_train, y_train, X_test, y_test = jax.device_put(data)  # to the device once, for accuracy
     print(f"Training on {jax.devices()[0].device_kind}")  # a GPU if JAX has one
-    key, init_key = random.split(random.key(seed))  # random.key: the newer random.PRNGKey
+    key, init_key = random.split(random.key(seed))  # the typed form of random.PRNGKey
     params = initialize_weights(sizes, init_key)
     n_batches = len(train_labels) // batch_size  # a shorter last batch would compile update again
-    results = []  # (epoch, loss, train acc., test acc., seconds) per epoch
+    results = []  # (epoch, loss, train accuracy, test accuracy, seconds) per epoch
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
-        key, shuffle_key = random.split(key)  # a new key, so a new order, each epoch
+        key, shuffle_key = random.split(key)  # a new key, so a new order
         order = np.asarray(random.permutation(shuffle_key, len(train_labels)))
         losses = []
-        for idx in order[: n_batches * batch_size].reshape(n_batches, batch_size):
+        for i in range(n_batches):
+            idx = order[i * batch_size : (i + 1) * batch_size]
             params, loss = update(params, train_images[idx], train_labels[idx], lr)
             losses.append(loss)
         # update returns before its step is done (asynchronous dispatch), so Python goes on to
-        # the next. np.mean waits once, at the end; the article's loss.item() waits every step.
+        # the next. The article's loss.item() waits at every step; np.mean waits at the end.
         loss = float(np.mean(losses))
         epoch_time = time.perf_counter() - start  # the training only; epoch 1's includes compiling
         train_acc = float(accuracy(forward(params, X_train), y_train))
@@ -99,7 +98,7 @@ def train(data, sizes=LAYER_SIZES, epochs=EPOCHS, lr=LR, batch_size=BATCH_SIZE, 
     return params, results
 
 
-FILES = {  # the data: MNIST's four files, NAME.gz, in load_mnist's order, and their SHA-256
+FILES = {  # MNIST's four files, NAME.gz, in the order load_mnist returns them, and their SHA-256
     "train-images-idx3-ubyte": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
     "train-labels-idx1-ubyte": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
     "t10k-images-idx3-ubyte": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
@@ -114,17 +113,19 @@ DATA_DIR = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "m
 
 def load_mnist(folder=DATA_DIR):
     """Returns train images, train labels, test images and test labels as NumPy arrays."""
-    paths = [Path(folder) / f"{name}.gz" for name in FILES]
-    missing = [path.name for path in paths if not path.exists()]
-    if Path(folder) != DATA_DIR and 0 < len(missing) < len(FILES):
-        raise FileNotFoundError(f"{folder} lacks {', '.join(missing)}: add them or name another")
-    for path, sha256 in zip(paths, FILES.values()):
-        if path.name in missing:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(download(path.name, sha256, folder))
+    folder = Path(folder)
+    paths = {folder / f"{name}.gz": sha256 for name, sha256 in FILES.items()}
+    missing = [path for path in paths if not path.exists()]
+    # MNIST downloads only into this project's folder or a new, empty one, and only beside MNIST.
+    if missing and folder != DATA_DIR and any(folder.glob("*")):
+        raise FileNotFoundError(f"{folder} lacks {', '.join(p.name for p in missing)}: add them")
+    for path, sha256 in paths.items():
+        if missing and path.exists() and hashlib.sha256(path.read_bytes()).hexdigest() != sha256:
+            raise ValueError(f"{path} is not MNIST's: delete it, or pass your data's own folder")
+    for path in missing:
+        folder.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(download(path.name, paths[path], folder))
     train_images, train_labels, test_images, test_labels = [read_idx(path) for path in paths]
-    if len(train_images) != len(train_labels) or len(test_images) != len(test_labels):
-        raise ValueError(f"{folder} holds a different number of images and labels")
     return train_images / np.float32(255), train_labels, test_images / np.float32(255), test_labels
 
 
@@ -146,8 +147,7 @@ def read_idx(path):
     """Returns the array in a gzipped IDX file, each image as one row of height x width values."""
     try:
         data = gzip.decompress(path.read_bytes())
-        # IDX: 0, 0, 8 (unsigned bytes), the number of sizes, each size in 4 bytes, the values.
-        if len(data) < 4 or data[:3] != b"\0\0\x08":
+        if data[:3] != b"\0\0\x08":  # IDX: 0, 0, 8 (bytes), the number of sizes, the sizes, values
             raise ValueError("no IDX header for unsigned bytes")
         shape = np.frombuffer(data, ">u4", count=data[3], offset=4)
         values = np.frombuffer(data, np.uint8, offset=4 + 4 * data[3]).reshape(shape)

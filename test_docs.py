@@ -102,11 +102,19 @@ def runnable(doc, tmp_path):
     return found
 
 
+def in_sessions(doc, run, codes, tmp_path):
+    """What each block prints: README's blocks build on each other in one session, the
+    experiments each start a fresh one."""
+    if doc == "README.md":
+        return run(codes, tmp_path)
+    return [run([code], tmp_path)[0] for code in codes]
+
+
 @pytest.mark.parametrize("run", [at_the_prompt, as_notebook_cells])
 @pytest.mark.parametrize("doc", ["README.md", "EXPERIMENTS.md"])
 def test_each_block_prints_what_the_doc_shows(doc, run, tmp_path):
     codes, shown = zip(*runnable(doc, tmp_path))
-    printed = run(codes, tmp_path)
+    printed = in_sessions(doc, run, codes, tmp_path)
     assert len(printed) == len(codes)
     for code, out, expected in zip(codes, printed, shown):
         if "make_jaxpr" in code:  # how a jaxpr prints changes with JAX's version: not checked

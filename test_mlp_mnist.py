@@ -70,23 +70,6 @@ def test_grad_is_the_backward_pass_by_hand(sizes):
         np.testing.assert_allclose(ravel_pytree(grads)[0], ravel_pytree(expected)[0], rtol=1e-10)
 
 
-def test_grad_is_the_slope_of_the_loss():
-    rng = np.random.default_rng(1)
-    with jax.enable_x64(True):
-        params = random_params([20, 16, 10], rng)
-        X = rng.random((8, 20))
-        y = rng.integers(0, 10, 8)
-        flat, unflatten = ravel_pytree(params)  # every weight and bias in one vector
-
-        def loss(v):
-            return m.cross_entropy_loss(unflatten(v), X, y)
-
-        eps = 1e-6
-        directions = np.eye(len(flat))  # (loss(v + eps e) - loss(v - eps e)) / 2 eps, for each e
-        slopes = [(loss(flat + eps * e) - loss(flat - eps * e)) / (2 * eps) for e in directions]
-        np.testing.assert_allclose(jax.grad(loss)(flat), slopes, rtol=1e-6, atol=1e-8)
-
-
 @pytest.mark.parametrize("sizes", [[784, 10], [784, 32, 16, 10]])
 def test_shapes_follow_the_layer_sizes(sizes):
     params = m.initialize_weights(sizes, random.key(0))
@@ -98,6 +81,8 @@ def test_shapes_follow_the_layer_sizes(sizes):
 
 
 def test_each_layer_and_each_array_draws_from_its_own_key(monkeypatch):
+    """Records the key of each draw: which numbers a key gives depends on JAX's PRNG, which keys
+    the code uses does not."""
     keys = []
 
     def normal_noting_its_key(key, shape):
@@ -122,7 +107,9 @@ def test_update_is_one_sgd_step():
 
 
 def test_the_loss_is_finite_where_exp_overflows():
-    logits = np.array([1000.0, 1001, 1002, 1003, 1004, 1005, 1006, 1007, 1008, 0])  # exp(89) = inf
+    logits = np.array(
+        [1000.0, 1001, 1002, 1003, 1004, 1005, 1006, 1007, 1008, 0]
+    )  # float32 exp overflows past 88.7
     params = [(jnp.zeros((784, 10)), jnp.asarray(logits))]  # no weights: the logits are the biases
     minus_log_p = logits.max() + np.log(np.exp(logits - logits.max()).sum()) - logits  # in float64
     loss = m.cross_entropy_loss(params, jnp.ones((2, 784)), jnp.array([0, 9]))
@@ -130,7 +117,8 @@ def test_the_loss_is_finite_where_exp_overflows():
 
 
 def synthetic(n, seed):
-    """n images as load_mnist gives them, (n, 784) in [0, 1], and labels: class c lights row c."""
+    """n images as load_mnist gives them, (n, 784) in [0, 1], and their labels: an image of class
+    c is bright at pixels 78c to 78c + 77, so that a network learns the classes in a few steps."""
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, 10, n).astype(np.uint8)
     images = rng.integers(0, 60, (n, 784)) + 190 * (np.arange(784) // 78 == labels[:, None])
@@ -278,6 +266,7 @@ DAMAGED = {
     "cut short": TINY[FIRST][:-30],
     "empty": gzip.compress(b""),
     "gzip, not IDX": gzip.compress(b"not IDX at all"),
+    "IDX of floats, not bytes": gzip.compress(bytes([0, 0, 13, 1, 0, 0, 0, 4]) + bytes(16)),
     "a byte fewer than its header says": gzip.compress(gzip.decompress(TINY[FIRST])[:-1]),
 }
 
@@ -316,17 +305,37 @@ def test_no_mirror_with_the_file_names_it_and_the_folder(mirrors, tmp_path):
     assert str(tmp_path) in str(error.value)
 
 
-def test_a_file_already_in_the_data_folder_is_used_and_not_rewritten(
-    mirrors, tmp_path, monkeypatch
-):
-    monkeypatch.setattr(m, "DATA_DIR", tmp_path)  # the default folder: missing files are downloaded
-    theirs = gzipped_idx(np.full((128, 28, 28), 102))  # not TINY's train images
-    folder_with(tmp_path, {FIRST: theirs})
-    mirrors(TINY)
-    train_images = m.load_mnist(tmp_path)[0]
-    assert np.allclose(train_images, 0.4)  # 102 / 255
-    assert (tmp_path / FIRST).read_bytes() == theirs
+def test_the_data_folder_downloads_only_its_missing_files(mirrors, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(
+        m, "DATA_DIR", tmp_path
+    )  # the project's own folder, as after a cut download
+    first = folder_with(tmp_path, {FIRST: TINY[FIRST]}) / FIRST
+    written = first.stat().st_mtime_ns
+    (url,) = mirrors(TINY)
+    m.load_mnist(tmp_path)
+    printed = capsys.readouterr().out
+    assert f"Downloading {url}{FIRST}" not in printed
+    assert first.stat().st_mtime_ns == written  # not written again
     assert sorted(path.name for path in tmp_path.iterdir()) == sorted(TINY)
+
+
+def test_the_data_folder_takes_no_mnist_beside_other_data(mirrors, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(m, "DATA_DIR", tmp_path)
+    theirs = folder_with(tmp_path, {FIRST: gzipped_idx(np.zeros((128, 28, 28)))}) / FIRST
+    mirrors(TINY)
+    with pytest.raises(ValueError, match=re.escape(str(theirs))):
+        m.load_mnist(tmp_path)
+    assert capsys.readouterr().out == ""  # no request
+    assert os.listdir(tmp_path) == [FIRST]
+
+
+def test_a_named_folder_of_other_files_gets_no_mnist(mirrors, tmp_path, capsys):
+    mirrors(TINY)
+    folder = folder_with(tmp_path, {"my-images.idx": b"theirs"})
+    with pytest.raises(FileNotFoundError, match=re.escape(str(folder))):
+        m.load_mnist(folder)
+    assert capsys.readouterr().out == ""  # no request
+    assert os.listdir(folder) == ["my-images.idx"]
 
 
 def test_a_named_folder_with_some_files_is_not_filled_up(mirrors, tmp_path, capsys):
