@@ -20,7 +20,7 @@ import numpy as np
 from jax import jit, random, value_and_grad
 from jax.nn import log_softmax, relu
 
-# The article's settings, which train takes as defaults: in a session, pass train(data, epochs=5).
+# The article's settings, the defaults of train. In a session, pass others: train(data, epochs=5).
 LAYER_SIZES = [784, 128, 10]  # 28 x 28 pixels in, 10 scores out
 EPOCHS = 25
 LR = 0.01
@@ -49,7 +49,7 @@ def forward(params, X):
 
 def cross_entropy_loss(params, X, y):
     """Returns the mean over the batch of -log p(true label)."""
-    log_probs = log_softmax(forward(params, X))  # log(softmax) in one step: never log(0)
+    log_probs = log_softmax(forward(params, X))  # log(softmax) from the logits: never log(0)
     return -jnp.mean(log_probs[jnp.arange(len(y)), y])
 
 
@@ -57,7 +57,7 @@ def cross_entropy_loss(params, X, y):
 # running it once on stand-ins that record each operation, and XLA compiles the record. Later
 # calls run only the compiled code, so a print in update prints only while it is traced.
 @jit
-def update(params, X, y, lr=LR):
+def update(params, X, y, lr=0.01):
     """Takes one SGD step; returns the new params and the batch's loss."""
     loss, grads = value_and_grad(cross_entropy_loss)(params, X, y)  # grads is built like params
     return [(W - lr * dW, b - lr * db) for (W, b), (dW, db) in zip(params, grads)], loss
@@ -114,18 +114,18 @@ DATA_DIR = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "m
 def load_mnist(folder=DATA_DIR):
     """Returns train images, train labels, test images and test labels as NumPy arrays."""
     folder = Path(folder)
-    paths = {folder / f"{name}.gz": sha256 for name, sha256 in FILES.items()}
+    paths = [folder / f"{name}.gz" for name in FILES]
     missing = [path for path in paths if not path.exists()]
-    # MNIST downloads only into this project's folder or a new, empty one, and only beside MNIST.
-    if missing and folder != DATA_DIR and any(folder.glob("*")):
+    # A folder you name is read as it is: MNIST is downloaded into it only if it is empty.
+    if missing and folder != DATA_DIR and (not folder.is_dir() or any(folder.iterdir())):
         raise FileNotFoundError(f"{folder} lacks {', '.join(p.name for p in missing)}: add them")
-    for path, sha256 in paths.items():
-        if missing and path.exists() and hashlib.sha256(path.read_bytes()).hexdigest() != sha256:
-            raise ValueError(f"{path} is not MNIST's: delete it, or pass your data's own folder")
-    for path in missing:
-        folder.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(download(path.name, paths[path], folder))
+    for path, sha256 in zip(paths, FILES.values()):
+        if path in missing:
+            folder.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(download(path.name, sha256, folder))
     train_images, train_labels, test_images, test_labels = [read_idx(path) for path in paths]
+    if len(train_images) != len(train_labels) or len(test_images) != len(test_labels):
+        raise ValueError(f"{folder} holds a different number of images and labels")
     return train_images / np.float32(255), train_labels, test_images / np.float32(255), test_labels
 
 
@@ -147,7 +147,7 @@ def read_idx(path):
     """Returns the array in a gzipped IDX file, each image as one row of height x width values."""
     try:
         data = gzip.decompress(path.read_bytes())
-        if data[:3] != b"\0\0\x08":  # IDX: 0, 0, 8 (bytes), the number of sizes, the sizes, values
+        if data[:3] != b"\0\0\x08":  # IDX: 0, 0, 8 for bytes, the number of dimensions, the sizes
             raise ValueError("no IDX header for unsigned bytes")
         shape = np.frombuffer(data, ">u4", count=data[3], offset=4)
         values = np.frombuffer(data, np.uint8, offset=4 + 4 * data[3]).reshape(shape)

@@ -133,6 +133,6 @@ def test_the_plot_block_draws_the_picture(tmp_path):
 def test_each_link_to_a_line_lands_on_its_code():
     lines = (ROOT / "mlp_mnist.py").read_text().splitlines()
     links = re.findall(r"\[`([^`]+)`\]\(mlp_mnist\.py#L(\d+)\)", (ROOT / "README.md").read_text())
-    assert len(links) == 6
+    assert links, "the README links to no line"
     for text, number in links:
         assert text in lines[int(number) - 1], (text, number)
