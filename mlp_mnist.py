@@ -20,7 +20,7 @@ import numpy as np
 from jax import jit, random, value_and_grad
 from jax.nn import log_softmax, relu
 
-# The article's settings, the defaults of train. In a session, pass others: train(data, epochs=5).
+# The article's settings. To change one in a session, pass it to train: train(data, epochs=5).
 LAYER_SIZES = [784, 128, 10]  # 28 x 28 pixels in, 10 scores out
 EPOCHS = 25
 LR = 0.01
@@ -54,11 +54,11 @@ def cross_entropy_loss(params, X, y):
 
 
 # @jit compiles update: on the first call with new shapes or dtypes, JAX traces the Python,
-# running it once on stand-ins that record each operation, and XLA compiles the record. Later
-# calls run only the compiled code, so a print in update prints only while it is traced.
+# running it once on tracers, stand-ins that record each operation, and XLA compiles the record.
+# Later calls run only the compiled code, so a print in update prints only while it is traced.
 @jit
-def update(params, X, y, lr=0.01):
-    """Takes one SGD step; returns the new params and the batch's loss."""
+def update(params, X, y, lr):
+    """Takes one SGD step: returns new params, leaving params as they are, and the batch's loss."""
     loss, grads = value_and_grad(cross_entropy_loss)(params, X, y)  # grads is built like params
     return [(W - lr * dW, b - lr * db) for (W, b), (dW, db) in zip(params, grads)], loss
 
@@ -70,7 +70,7 @@ def accuracy(logits, labels):
 
 def train(data, sizes=LAYER_SIZES, epochs=EPOCHS, lr=LR, batch_size=BATCH_SIZE, seed=SEED):
     """Trains on the four arrays load_mnist returns; returns the params and the results list."""
-    train_images, train_labels = data[:2]  # NumPy arrays, to cut the batches from
+    train_images, train_labels = data[:2]  # in NumPy, to cut batches from
     X_train, y_train, X_test, y_test = jax.device_put(data)  # to the device once, for accuracy
     print(f"Training on {jax.devices()[0].device_kind}")  # a GPU if JAX has one
     key, init_key = random.split(random.key(seed))  # the typed form of random.PRNGKey
@@ -93,8 +93,8 @@ def train(data, sizes=LAYER_SIZES, epochs=EPOCHS, lr=LR, batch_size=BATCH_SIZE, 
         train_acc = float(accuracy(forward(params, X_train), y_train))
         test_acc = float(accuracy(forward(params, X_test), y_test))
         results.append((epoch, loss, train_acc, test_acc, epoch_time))
-        scores = f"train acc.: {train_acc:.3f}, test acc.: {test_acc:.3f}"
-        print(f"Epoch {epoch}/{epochs}: loss: {loss:.4f}, {scores}, time: {epoch_time:.2f} sec.")
+        acc = f"train acc.: {train_acc:.3f}, test acc.: {test_acc:.3f}"
+        print(f"Epoch {epoch}/{epochs}: loss: {loss:.4f}, {acc}, time: {epoch_time:.2f} sec.")
     return params, results
 
 
@@ -116,16 +116,16 @@ def load_mnist(folder=DATA_DIR):
     folder = Path(folder)
     paths = [folder / f"{name}.gz" for name in FILES]
     missing = [path for path in paths if not path.exists()]
-    # A folder you name is read as it is: MNIST is downloaded into it only if it is empty.
-    if missing and folder != DATA_DIR and (not folder.is_dir() or any(folder.iterdir())):
+    # MNIST fills in only its own folder, beside MNIST's files, or a new or empty folder of yours.
+    if missing and folder != DATA_DIR and any(folder.glob("*")):
         raise FileNotFoundError(f"{folder} lacks {', '.join(p.name for p in missing)}: add them")
-    for path, sha256 in zip(paths, FILES.values()):
-        if path in missing:
-            folder.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(download(path.name, sha256, folder))
+    for p in paths:
+        if missing and p.exists() and hashlib.sha256(p.read_bytes()).hexdigest() != FILES[p.stem]:
+            raise ValueError(f"{p} is not MNIST's: delete it, or pass its folder to load_mnist")
+    for path in missing:
+        folder.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(download(path.name, FILES[path.stem], folder))
     train_images, train_labels, test_images, test_labels = [read_idx(path) for path in paths]
-    if len(train_images) != len(train_labels) or len(test_images) != len(test_labels):
-        raise ValueError(f"{folder} holds a different number of images and labels")
     return train_images / np.float32(255), train_labels, test_images / np.float32(255), test_labels
 
 

@@ -106,14 +106,6 @@ def test_update_is_one_sgd_step():
     np.testing.assert_allclose(step_loss, loss, rtol=1e-5)
 
 
-def test_update_defaults_to_the_articles_learning_rate():
-    params = m.initialize_weights([784, 10], random.key(0))
-    X = jnp.ones((5, 784))
-    y = jnp.arange(5)
-    default = ravel_pytree(m.update(params, X, y)[0])[0]
-    np.testing.assert_array_equal(default, ravel_pytree(m.update(params, X, y, 0.01)[0])[0])
-
-
 def test_the_loss_is_finite_where_exp_overflows():
     logits = np.array(
         [1000.0, 1001, 1002, 1003, 1004, 1005, 1006, 1007, 1008, 0]
@@ -269,14 +261,6 @@ def test_the_header_gives_the_shape(tmp_path):
     assert test_labels.shape == (3,)
 
 
-def test_images_and_labels_must_match_in_number(tmp_path):
-    files = tiny_mnist(np.zeros((128, 28, 28)))
-    files["train-labels-idx1-ubyte.gz"] = gzipped_idx(np.zeros(127))
-    folder = folder_with(tmp_path, files)
-    with pytest.raises(ValueError, match=re.escape(str(folder))):
-        m.load_mnist(folder)
-
-
 DAMAGED = {
     "not gzip": b"<html>404</html>",
     "cut short": TINY[FIRST][:-30],
@@ -335,13 +319,14 @@ def test_the_data_folder_downloads_only_its_missing_files(mirrors, tmp_path, mon
     assert sorted(path.name for path in tmp_path.iterdir()) == sorted(TINY)
 
 
-def test_a_named_folder_that_does_not_exist_is_not_made(mirrors, tmp_path, capsys):
+def test_the_data_folder_takes_no_mnist_beside_other_data(mirrors, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(m, "DATA_DIR", tmp_path)
+    theirs = folder_with(tmp_path, {FIRST: gzipped_idx(np.zeros((128, 28, 28)))}) / FIRST
     mirrors(TINY)
-    typo = tmp_path / "fashoin-mnist"
-    with pytest.raises(FileNotFoundError, match=re.escape(str(typo))):
-        m.load_mnist(typo)
+    with pytest.raises(ValueError, match=re.escape(str(theirs))):
+        m.load_mnist(tmp_path)
     assert capsys.readouterr().out == ""  # no request
-    assert not typo.exists()
+    assert os.listdir(tmp_path) == [FIRST]
 
 
 def test_a_named_folder_of_other_files_gets_no_mnist(mirrors, tmp_path, capsys):
