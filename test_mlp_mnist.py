@@ -261,6 +261,14 @@ def test_the_header_gives_the_shape(tmp_path):
     assert test_labels.shape == (3,)
 
 
+def test_pixels_come_as_float32_from_0_to_1_and_labels_as_written(tmp_path):
+    folder = folder_with(tmp_path, tiny_mnist(np.full((128, 28, 28), 255)))
+    train_images, train_labels = m.load_mnist(folder)[:2]
+    assert train_images.dtype == np.float32
+    assert train_images.min() == train_images.max() == 1.0  # 255 / 255
+    assert train_labels.tolist() == [i % 10 for i in range(128)]
+
+
 DAMAGED = {
     "not gzip": b"<html>404</html>",
     "cut short": TINY[FIRST][:-30],
