@@ -197,7 +197,7 @@ def test_the_functions_run_in_the_articles_own_loop():
 
 
 def gzipped_idx(array):
-    """An IDX file, gzipped: 0, 0, 8 (unsigned bytes), the number of sizes, the sizes, the bytes."""
+    """An IDX file, gzipped: 0, 0, 8 for bytes, the number of dimensions, the sizes, the bytes."""
     header = bytes([0, 0, 8, array.ndim]) + np.array(array.shape, ">u4").tobytes()
     return gzip.compress(header + array.astype(np.uint8).tobytes())
 
